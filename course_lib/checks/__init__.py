@@ -1,0 +1,47 @@
+"""Exercise checks: what the check cell after each exercise calls.
+
+A check *tests behaviour* (moments, shapes, known values, equivalences), never source text. On
+success it prints a one-line pass message; on failure it raises :class:`ExerciseError` whose message
+says what was expected, what came back, and which equation to revisit. The lesson-specific checks
+live in ``lesson01`` ... ``lesson04``; the helpers below are shared by them.
+"""
+
+import torch
+
+
+class ExerciseError(AssertionError):
+    """Raised by a check that failed; the message is the hint."""
+
+
+def passed(exercise, message=""):
+    """Print the pass line for ``exercise`` (e.g. "1.2")."""
+    print(f"✅ Exercise {exercise} passed{': ' + message if message else '.'}")
+
+
+def fail(exercise, what, hint):
+    """Raise an :class:`ExerciseError` for ``exercise`` with what went wrong and a hint."""
+    raise ExerciseError(f"❌ Exercise {exercise}: {what}\n   Hint: {hint}")
+
+
+def expect_tensor(exercise, value, shape, name="your result"):
+    """Fail unless ``value`` is a tensor of ``shape`` with only finite entries."""
+    if not isinstance(value, torch.Tensor):
+        fail(exercise, f"{name} should be a torch.Tensor, got {type(value).__name__}",
+             "return a tensor, e.g. built with torch operations on the inputs")
+    if tuple(value.shape) != tuple(shape):
+        fail(exercise, f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}",
+             "check your broadcasting: per-timestep numbers need shape (B, 1, 1, 1) to scale (B, C, H, W) images")
+    if not torch.isfinite(value).all():
+        fail(exercise, f"{name} contains NaN or inf", "look for a division by zero or a sqrt of a negative number")
+
+
+def expect_close(exercise, value, expected, hint, name="your result", atol=1e-5, rtol=1e-4):
+    """Fail unless ``value`` is close to ``expected`` (tensors or numbers); the message shows both."""
+    value_t, expected_t = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    if value_t.shape != expected_t.shape:
+        fail(exercise, f"{name} has shape {tuple(value_t.shape)}, expected {tuple(expected_t.shape)}", hint)
+    if not torch.allclose(value_t, expected_t, atol=atol, rtol=rtol):
+        err = (value_t - expected_t).abs()
+        k = int(err.flatten().argmax())
+        fail(exercise, f"{name} is off: at index {k} expected {expected_t.flatten()[k].item():.6g}, "
+                       f"got {value_t.flatten()[k].item():.6g} (largest error {err.max().item():.3g})", hint)

