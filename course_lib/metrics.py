@@ -96,3 +96,83 @@ def fid_floor(n):
     if not 2 <= n <= 1250:
         raise ValueError(f"n must be in 2..1250 (the held-out digits left beside the reference set), got {n}")
     return classifier_fid(_reference()[0][1250:1250 + n])
+
+
+def balanced_labels(n, num_classes=10):
+    """Labels 0, 1, ..., 9, 0, 1, ... for ``n`` samples: the same number of each class (give or take one)."""
+    return torch.arange(n) % num_classes
+
+
+def sampler_quality(sample_fn, n, batch=250, seed=0):
+    """Measure a sampler: ``sample_fn(labels, generator) -> images`` is called on class-balanced label
+    batches; returns ``{"n", "accuracy", "fid", "fid_floor", "seconds", "seconds_per_image"}``."""
+    import time
+
+    labels = balanced_labels(n)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    images = torch.cat([sample_fn(labels[i:i + batch], generator).cpu() for i in range(0, n, batch)])
+    seconds = time.perf_counter() - start
+    return {"n": n, "accuracy": class_accuracy(images, labels), "fid": classifier_fid(images),
+            "fid_floor": fid_floor(n), "seconds": seconds, "seconds_per_image": seconds / n}
+
+
+def sampler_table(model, schedule, n, rows, null_class=None, w=1.0, batch=250, seed=0):
+    """Class accuracy, classifier-FID and time for each ``(sampler, steps)`` in ``rows``, e.g.
+    ``[("ddim", 10), ("ddpm", 1000)]``. ``model(x, t, y)`` is class-conditional; with ``w != 1`` the
+    classifier-free guided model (``guidance.classifier_free``) is sampled."""
+    from .guidance import classifier_free
+    from .samplers import ddim_sample, ddpm_sample
+
+    table = []
+    for sampler, steps in rows:
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown sampler {sampler!r}; valid samplers are ddim, ddpm")
+
+        def sample_fn(labels, generator, sampler=sampler, steps=steps):
+            if w == 1.0:
+                net = lambda x, t: model(x, t, labels)  # noqa: E731 - the plain conditional model
+            else:
+                net = classifier_free(model, labels, w, null_class)
+            shape = (len(labels), 1, 32, 32)
+            run = ddim_sample if sampler == "ddim" else ddpm_sample
+            return run(net, shape, schedule, steps=steps, generator=generator, device="cpu")
+
+        table.append({"sampler": sampler, "steps": steps, "w": w, **sampler_quality(sample_fn, n, batch, seed)})
+    return table
+
+
+def main(argv=None):
+    """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``."""
+    import argparse
+    import json
+
+    import torch as _torch
+
+    parser = argparse.ArgumentParser(description="Measure the shipped mnist-unet: DDIM vs ancestral, and guidance.")
+    parser.add_argument("--n", type=int, default=500, help="samples per row of the sampler table")
+    parser.add_argument("--n-guidance", type=int, default=1000, help="samples per guidance scale (DDIM-50)")
+    parser.add_argument("--out", default=str(pretrained.FOLDER / "quality.json"))
+    args = parser.parse_args(argv)
+    unet = pretrained.load("mnist-unet")
+    result = {"model": "mnist-unet", "sha256": unet.info["sha256"],
+              "hardware": f"CPU ({_torch.get_num_threads()} threads)",
+              "command": "python -m course_lib.metrics " + " ".join(argv or [])}
+    result["guidance"] = []
+    for w in (1.0, 3.0):
+        row = sampler_table(unet.model, unet.schedule, args.n_guidance, [("ddim", 50)], unet.null_class, w=w)[0]
+        print(json.dumps(row))
+        result["guidance"].append(row)
+    rows = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("ddpm", 50), ("ddpm", 1000)]
+    result["samplers"] = []
+    for row in rows:
+        r = sampler_table(unet.model, unet.schedule, args.n, [row])[0]
+        print(json.dumps(r))
+        result["samplers"].append(r)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

