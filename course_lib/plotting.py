@@ -43,7 +43,7 @@ def show_images(images, nrow=8, title=None, ax=None, labels=None):
         ncol = min(nrow, len(images))
         rows = (len(images) + ncol - 1) // ncol
         _, ax = plt.subplots(figsize=(min(1.0 * ncol, 12), 1.0 * rows + (0.4 if title else 0)))
-    ax.imshow(image_grid(images, nrow), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if labels is not None:

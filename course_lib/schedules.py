@@ -88,7 +88,7 @@ class Schedule:
 
     @property
     def snr(self):
-        """Signal-to-noise ratio SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al., 2021, eq. 1)."""
+        """Signal-to-noise ratio SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al., 2021, eq. 2)."""
         ab = self.alpha_bars.double()
         return (ab / (1 - ab)).float()
 
