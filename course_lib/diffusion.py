@@ -18,8 +18,8 @@ def q_sample(x0, t, schedule, noise=None, generator=None):
     Pass ``noise`` to choose eps yourself (it must have x0's shape), or a ``generator``.
     """
     noise = _noise_like(x0, noise, generator)
-    alpha_bar = at(schedule.alpha_bars, t, x0)
-    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    return at(ab.sqrt(), t, x0) * x0 + at(one_minus_ab.sqrt(), t, x0) * noise
 
 
 def q_posterior(x0, x_t, t, schedule):
@@ -33,14 +33,16 @@ def q_posterior(x0, x_t, t, schedule):
     Returns ``(mean, variance)``; the variance broadcasts against x_t.
     """
     _same_shape(x0, x_t, "x0", "x_t")
-    alpha_bar_prev = torch.cat([torch.ones(1), schedule.alpha_bars[:-1]])
-    alpha_bar = at(schedule.alpha_bars, t, x_t)
-    alpha_bar_prev = at(alpha_bar_prev, t, x_t)
-    alpha = at(schedule.alphas, t, x_t)
-    beta = at(schedule.betas, t, x_t)
-    mean = (alpha_bar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - alpha_bar_prev) * x_t) / (1 - alpha_bar)
-    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
-    return mean, variance
+    # coefficients in float64: 1 - alpha_bar cancels in float32 near t = 0
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+    one_minus_ab_prev = torch.cat([ab.new_zeros(1), one_minus_ab[:-1]])
+    beta = schedule.betas.double()
+    coef_x0 = ab_prev.sqrt() * beta / one_minus_ab
+    coef_xt = (1 - beta).sqrt() * one_minus_ab_prev / one_minus_ab
+    variance = one_minus_ab_prev / one_minus_ab * beta
+    mean = at(coef_x0, t, x_t) * x0 + at(coef_xt, t, x_t) * x_t
+    return mean, at(variance, t, x_t)
 
 
 def predict_x0(x_t, eps, t, schedule):
@@ -49,50 +51,54 @@ def predict_x0(x_t, eps, t, schedule):
         x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).
     """
     _same_shape(x_t, eps, "x_t", "eps")
-    alpha_bar = at(schedule.alpha_bars, t, x_t)
-    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    return (x_t - at(one_minus_ab.sqrt(), t, x_t) * eps) / at(ab.sqrt(), t, x_t)
 
 
 def eps_from_x0(x_t, x0, t, schedule):
     """The noise that takes x_0 to x_t: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
     _same_shape(x_t, x0, "x_t", "x0")
-    alpha_bar = at(schedule.alpha_bars, t, x_t)
-    return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    return (x_t - at(ab.sqrt(), t, x_t) * x0) / at(one_minus_ab.sqrt(), t, x_t)
 
 
 def score_from_eps(eps, t, schedule):
     """Score of the noised marginal from the noise prediction (Song et al., 2021, eq. 11 context;
     Vincent, 2011): grad_x log q_t(x) = -eps / sqrt(1 - alpha_bar_t)."""
-    alpha_bar = at(schedule.alpha_bars, t, eps)
-    return -eps / (1 - alpha_bar).sqrt()
+    return -eps / at(_alpha_bars64(schedule)[1].sqrt(), t, eps)
 
 
 def eps_from_score(score, t, schedule):
     """The inverse of :func:`score_from_eps`: eps = -sqrt(1 - alpha_bar_t) * score."""
-    alpha_bar = at(schedule.alpha_bars, t, score)
-    return -(1 - alpha_bar).sqrt() * score
+    return -at(_alpha_bars64(schedule)[1].sqrt(), t, score) * score
 
 
 def v_from_eps(x0, eps, t, schedule):
     """The velocity target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
     (Salimans & Ho, 2022, Sec. 4)."""
     _same_shape(x0, eps, "x0", "eps")
-    alpha_bar = at(schedule.alpha_bars, t, x0)
-    return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    return at(ab.sqrt(), t, x0) * eps - at(one_minus_ab.sqrt(), t, x0) * x0
 
 
 def eps_from_v(x_t, v, t, schedule):
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v (Salimans & Ho, 2022)."""
     _same_shape(x_t, v, "x_t", "v")
-    alpha_bar = at(schedule.alpha_bars, t, x_t)
-    return (1 - alpha_bar).sqrt() * x_t + alpha_bar.sqrt() * v
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    return at(one_minus_ab.sqrt(), t, x_t) * x_t + at(ab.sqrt(), t, x_t) * v
 
 
 def x0_from_v(x_t, v, t, schedule):
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho, 2022)."""
     _same_shape(x_t, v, "x_t", "v")
-    alpha_bar = at(schedule.alpha_bars, t, x_t)
-    return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * v
+    ab, one_minus_ab = _alpha_bars64(schedule)
+    return at(ab.sqrt(), t, x_t) * x_t - at(one_minus_ab.sqrt(), t, x_t) * v
+
+
+def _alpha_bars64(schedule):
+    """alpha_bar and 1 - alpha_bar in float64, so that 1 - alpha_bar keeps its digits near t = 0."""
+    ab = torch.cumprod(1 - schedule.betas.double(), dim=0)
+    return ab, 1 - ab
 
 
 def _noise_like(x, noise=None, generator=None):

@@ -117,10 +117,11 @@ def sampler_quality(sample_fn, n, batch=250, seed=0):
             "fid_floor": fid_floor(n), "seconds": seconds, "seconds_per_image": seconds / n}
 
 
-def sampler_table(model, schedule, n, rows, null_class=None, w=1.0, batch=250, seed=0):
+def sampler_table(model, schedule, n, rows, null_class=None, w=1.0, batch=250, seed=0, clip_x0=True):
     """Class accuracy, classifier-FID and time for each ``(sampler, steps)`` in ``rows``, e.g.
     ``[("ddim", 10), ("ddpm", 1000)]``. ``model(x, t, y)`` is class-conditional; with ``w != 1`` the
-    classifier-free guided model (``guidance.classifier_free``) is sampled."""
+    classifier-free guided model (``guidance.classifier_free``) is sampled. ``clip_x0`` clips the
+    model's x_0 guess to the data range [-1, 1] at every step (diffusers' default for DDPM)."""
     from .guidance import classifier_free
     from .samplers import ddim_sample, ddpm_sample
 
@@ -136,9 +137,10 @@ def sampler_table(model, schedule, n, rows, null_class=None, w=1.0, batch=250, s
                 net = classifier_free(model, labels, w, null_class)
             shape = (len(labels), 1, 32, 32)
             run = ddim_sample if sampler == "ddim" else ddpm_sample
-            return run(net, shape, schedule, steps=steps, generator=generator, device="cpu")
+            return run(net, shape, schedule, steps=steps, generator=generator, clip_x0=clip_x0, device="cpu")
 
-        table.append({"sampler": sampler, "steps": steps, "w": w, **sampler_quality(sample_fn, n, batch, seed)})
+        table.append({"sampler": sampler, "steps": steps, "w": w, "clip_x0": clip_x0,
+                      **sampler_quality(sample_fn, n, batch, seed)})
     return table
 
 

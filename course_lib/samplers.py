@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import _noise_like, predict_x0
+from .diffusion import _noise_like, eps_from_x0, predict_x0
 from .schedules import check_t
 
 
@@ -34,7 +34,7 @@ def _alpha_bar(schedule, t):
     """alpha_bar_t as a float64 scalar, with alpha_bar_{-1} = 1 (the clean image)."""
     if t < 0:
         return torch.tensor(1.0, dtype=torch.float64)
-    return schedule.alpha_bars[t].double()
+    return torch.cumprod(1.0 - schedule.betas.double(), dim=0)[t]  # float64: 1 - ab_t / ab_prev cancels in float32
 
 
 def _check_step_t(t, t_prev, T):
@@ -112,6 +112,10 @@ def ddim_step(x_t, eps, t, t_prev, schedule, eta=0.0, noise=None, generator=None
     with sigma = eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_prev)
     (eq. 16). eta = 0 is deterministic; eta = 1 is ancestral DDPM. ``t_prev = -1`` means
     alpha_bar_prev = 1: the step lands on the clean image.
+
+    ``clip_x0=True`` clips x0_hat to [-1, 1] and then re-derives eps from the clipped x0_hat, so that
+    the two terms of eq. 12 agree (as GLIDE does; ``diffusers``' ``use_clipped_model_output=True``).
+    Without the re-derivation a guided eps pushes x_prev off the data, and strong guidance fails.
     """
     t, t_prev = _check_step_t(t, t_prev, schedule.T)
     if eta < 0:
@@ -121,6 +125,7 @@ def ddim_step(x_t, eps, t, t_prev, schedule, eta=0.0, noise=None, generator=None
     x0_hat = predict_x0(x_t, eps, t, schedule)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)
+        eps = eps_from_x0(x_t, x0_hat, t, schedule)  # the noise consistent with the clipped x0_hat
 
     variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)  # eq. 16 / eta^2
     sigma = eta * variance.sqrt()

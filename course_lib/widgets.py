@@ -145,9 +145,9 @@ def trajectory_scrubber(states, timesteps, x0_hats=None):
     return box
 
 
-def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0):
+def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0, clip_x0=True):
     """Lesson 04. Sliders for DDIM steps and eta; samples ``shape`` images from the same starting
-    noise and reports the measured wall-clock time.
+    noise (``clip_x0`` as in :func:`~course_lib.samplers.ddim_step`) and reports the measured wall-clock time.
 
     Attributes: ``steps``, ``eta`` (sliders), ``samples`` (the last samples), ``seconds`` (their time).
     """
@@ -161,7 +161,8 @@ def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0):
     def update(change=None):
         start = time.perf_counter()
         box.samples = ddim_sample(model, shape, schedule, steps=box.steps.value, eta=box.eta.value,
-                                  generator=torch.Generator().manual_seed(generator_seed + 1), x_T=box.x_T)
+                                  generator=torch.Generator().manual_seed(generator_seed + 1), x_T=box.x_T,
+                                  clip_x0=clip_x0)
         box.seconds = time.perf_counter() - start
         box.readout.value = (f"DDIM, {box.steps.value} steps, eta = {box.eta.value:.1f}: "
                              f"{box.seconds:.2f} s for {shape[0]} images (same starting noise every time)")

@@ -56,8 +56,8 @@ def test_ddim_explorer_resamples_on_change():
     s = schedules.make_schedule("linear", 100)
     model = lambda x, t: 0.1 * x  # noqa: E731 - a toy epsilon-predictor
     w = widgets.ddim_explorer(model, s, (2, 1, 4, 4), steps=10)
-    expected = samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=10, x_T=w.x_T)
+    expected = samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=10, x_T=w.x_T, clip_x0=True)
     assert torch.allclose(w.samples, expected)
     w.steps.value = 25
-    assert torch.allclose(w.samples, samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=25, x_T=w.x_T))
+    assert torch.allclose(w.samples, samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=25, x_T=w.x_T, clip_x0=True))
     assert "25 steps" in w.readout.value and w.seconds >= 0
