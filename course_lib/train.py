@@ -196,7 +196,7 @@ def _recipe_mnist_classifier(steps, device):
     return result, info
 
 
-RECIPES = {"mnist-unet": (_recipe_mnist_unet, 3500), "mnist-classifier": (_recipe_mnist_classifier, 1200)}
+RECIPES = {"mnist-unet": (_recipe_mnist_unet, 6500), "mnist-classifier": (_recipe_mnist_classifier, 1200)}
 
 
 def main(argv=None):
