@@ -241,7 +241,7 @@ def sample_change(model, schedule, x_T, steps, reference, clip_x0=True):
     return (samples.clamp(-1, 1) - reference.clamp(-1, 1)).abs().mean().item()
 
 
-def check_converged_steps(answer, model, schedule, x_T, threshold=0.05, reference_steps=200, clip_x0=True):
+def check_converged_steps(answer, model, schedule, x_T, threshold=0.015, reference_steps=200, clip_x0=True):
     """Widget exercise: ``answer`` should be (about) the smallest number of DDIM steps whose samples
     from ``x_T`` differ from the ``reference_steps``-step samples by less than ``threshold`` (mean
     absolute pixel difference). Accepted: the change at ``answer`` is below the threshold, and the change
