@@ -13,16 +13,6 @@ import torch
 from course_lib import data, diffusion, guidance, nets, pretrained, samplers, schedules, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run on one thread: these tensors are tiny, and with two threads on a busy 2-core machine a
-    single small U-Net forward pass was measured at 9 s against 0.1 s on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def lin():
     return schedules.make_schedule("linear", 1000)

