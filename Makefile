@@ -31,6 +31,8 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/01_forward_process.ipynb
 
 # COURSE_FAST=1 shrinks steps, data and sample counts (course_lib.budget).
+# OMP_NUM_THREADS=1: the two pytest workers already fill both cores; two torch threads each
+# oversubscribe them (measured 11 vs 82 network evaluations/s under load).
 # Two pytest runs, both always run; `make test` fails if either fails.
 #  * unit tests (tests/), spread over the workers module by module, with the
 #    Agg backend.  MPLBACKEND is set for this run only: a Jupyter kernel
@@ -51,13 +53,13 @@ test: $(STAMP)
 	exit $$status
 
 test-unit: $(STAMP)
-	COURSE_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope tests
+	COURSE_FAST=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope tests
 
 test-notebooks: $(STAMP)
 ifeq ($(strip $(NOTEBOOKS)),)
 	@echo "test-notebooks: no notebooks in notebooks/ or solutions/ yet"
 else
-	COURSE_FAST=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope \
+	COURSE_FAST=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		$(NOTEBOOK_DIRS)
 endif
