@@ -191,6 +191,12 @@ def main(argv=None):
         r = sampler_table(unet.model, unet.schedule, n, [row])[0]
         print(json.dumps(r))
         result["samplers"].append(r)
+    # The same short samplers without x0 clipping (Song et al. do not clip): is clipping what decides the comparison?
+    result["samplers_no_clip"] = []
+    for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 10), ("ddpm", 20), ("ddpm", 50)]:
+        r = sampler_table(unet.model, unet.schedule, args.n, [row], clip_x0=False)[0]
+        print(json.dumps(r))
+        result["samplers_no_clip"].append(r)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
