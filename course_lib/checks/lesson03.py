@@ -12,18 +12,13 @@ import torch.nn.functional as F
 
 from ..diffusion import q_posterior, q_sample
 from ..samplers import ddpm_step
-from ..schedules import make_schedule
+from ..schedules import at, make_schedule
 from . import expect_close, expect_tensor, fail, passed
 
 
 def _alpha_bar_prev(schedule):
     """alpha_bar_{t-1} for t = 0..T-1, with alpha_bar_{-1} = 1."""
     return torch.cat([torch.ones(1), schedule.alpha_bars[:-1]])
-
-
-def _per_t(values, t, x):
-    """values[t] shaped (B, 1, ..., 1) against x."""
-    return values[t].reshape(-1, *([1] * (x.ndim - 1)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,7 +60,7 @@ def check_posterior(posterior_fn):
     ref_var = torch.broadcast_to(ref_var, shape)
 
     # the "fixed large" choice sigma^2 = beta_t first: a named diagnosis
-    beta = _per_t(schedule.betas, t, x0).expand(shape)
+    beta = at(schedule.betas, t, x0).expand(shape)
     if torch.allclose(var_full, beta, rtol=1e-4):
         fail(ex, "your variance equals beta_t: that is the 'fixed large' reverse variance (Ho et al., Sec. 3.2), "
                  "not the posterior's (you also get it by using alpha_bar_t where eq. 7 has alpha_bar_{t-1})", hint_var)

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..samplers import ddim_sample, ddim_step, ddim_timesteps
-from ..schedules import make_schedule
+from ..schedules import at, make_schedule
 from . import expect_close, expect_tensor, fail, passed
 
 
@@ -30,7 +30,7 @@ def gaussian_eps_model(schedule, mu, std):
 
     def model(x_t, t):
         t = torch.as_tensor(t).long().expand(x_t.shape[0])
-        alpha_bar = schedule.alpha_bars[t].reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t)  # (B, 1, 1, 1)
+        alpha_bar = at(schedule.alpha_bars, t, x_t)  # (B, 1, 1, 1)
         return (1 - alpha_bar).sqrt() * (x_t - alpha_bar.sqrt() * mu) / (alpha_bar * std**2 + 1 - alpha_bar)
 
     return model
