@@ -178,25 +178,21 @@ def main(argv=None):
     result = {"model": "mnist-unet", "sha256": unet.info["sha256"],
               "hardware": f"CPU ({_torch.get_num_threads()} threads)",
               "command": " ".join(["python -m course_lib.metrics", *(sys.argv[1:] if argv is None else argv)])}
-    result["guidance"] = []
+
+    def measure(key, n, row, **kwargs):
+        # one row at a time, printed as it is measured: the whole run takes tens of minutes on a CPU
+        r = sampler_table(unet.model, unet.schedule, n, [row], **kwargs)[0]
+        print(json.dumps(r))
+        result.setdefault(key, []).append(r)
+
     for w in (1.0, 3.0):
-        row = sampler_table(unet.model, unet.schedule, args.n_guidance, [("ddim", 50)], unet.null_class, w=w)[0]
-        print(json.dumps(row))
-        result["guidance"].append(row)
-    rows = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
-            ("ddpm", 10), ("ddpm", 20), ("ddpm", 50), ("ddpm", 1000)]
-    result["samplers"] = []
-    for row in rows:
-        n = args.n_slow if row == ("ddpm", 1000) and args.n_slow else args.n
-        r = sampler_table(unet.model, unet.schedule, n, [row])[0]
-        print(json.dumps(r))
-        result["samplers"].append(r)
+        measure("guidance", args.n_guidance, ("ddim", 50), null_class=unet.null_class, w=w)
+    for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
+                ("ddpm", 10), ("ddpm", 20), ("ddpm", 50), ("ddpm", 1000)]:
+        measure("samplers", args.n_slow if row == ("ddpm", 1000) and args.n_slow else args.n, row)
     # The same short samplers without x0 clipping (Song et al. do not clip): is clipping what decides the comparison?
-    result["samplers_no_clip"] = []
     for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 10), ("ddpm", 20), ("ddpm", 50)]:
-        r = sampler_table(unet.model, unet.schedule, args.n, [row], clip_x0=False)[0]
-        print(json.dumps(r))
-        result["samplers_no_clip"].append(r)
+        measure("samplers_no_clip", args.n, row, clip_x0=False)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
