@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[lab,test]"
 	touch $@
 
+# Jupyter refuses to start as root (containers, some cloud VMs) unless told --allow-root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/01_forward_process.ipynb
+	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/01_forward_process.ipynb
 
 # COURSE_FAST=1 shrinks steps, data and sample counts (course_lib.budget).
 # OMP_NUM_THREADS=1: the two pytest workers already fill both cores; two torch threads each
