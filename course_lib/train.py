@@ -13,6 +13,7 @@ model and writes it, with its sha256, into ``course_lib/pretrained/``.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .diffusion import q_sample
+from .schedules import check_reaches_noise
 
 
 def default_device():
@@ -43,31 +45,48 @@ def fast_cpu_bf16():
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
+def _draw(fn, *args, generator, device, **kwargs):
+    """Call a random function (``torch.randn``, ``torch.randint``, ...) on the *generator's* device,
+    then move the result to ``device``.
+
+    torch insists that a generator and the tensor it fills live on the same device, so drawing
+    straight onto the data's device fails whenever the two differ (a CPU generator from a notebook
+    with a model on the GPU, or the reverse). When they agree, ``.to`` is a no-op.
+    """
+    device = torch.device(device)
+    gen_device = generator.device if generator is not None else device
+    return fn(*args, generator=generator, device=gen_device, **kwargs).to(device)
+
+
 def diffusion_loss(schedule, label_dropout=0.0, null_class=None):
     """The simplified DDPM loss (Ho et al., 2020, eq. 14, Algorithm 1):
 
         L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
 
     with t uniform on 0..T-1. With labels, each one is replaced by ``null_class`` with probability
-    ``label_dropout``, so the same network also learns the unconditional model.
+    ``label_dropout``, so the same network also learns the unconditional model (Ho & Salimans, 2022,
+    Algorithm 1); with ``label_dropout=0`` the labels are passed through unchanged.
+    Warns if ``schedule`` never reaches noise (:func:`~course_lib.schedules.check_reaches_noise`).
     Returns ``loss_fn(model, batch, generator)`` for :func:`train`.
     """
+    if not 0.0 <= label_dropout <= 1.0:
+        raise ValueError(f"label_dropout is a probability in [0, 1], got {label_dropout}")
     if label_dropout and null_class is None:
         raise ValueError("label_dropout needs null_class, the label that means 'no label'")
+    check_reaches_noise(schedule)
 
     def loss_fn(model, batch, generator):
         x0 = batch[0]
-        t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device, generator=generator)
-        eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+        t = _draw(torch.randint, 0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
+        eps = _draw(torch.randn, x0.shape, generator=generator, device=x0.device)
         x_t = q_sample(x0, t, schedule, noise=eps)
-        if len(batch) > 1:  # class-conditional
-            y = batch[1]
-            drop = torch.rand(y.shape, device=y.device, generator=generator) < label_dropout
+        if len(batch) == 1:
+            return F.mse_loss(model(x_t, t).float(), eps)
+        y = batch[1]  # class-conditional
+        if label_dropout:
+            drop = _draw(torch.rand, y.shape, generator=generator, device=y.device) < label_dropout
             y = torch.where(drop, torch.full_like(y, null_class), y)
-            eps_hat = model(x_t, t, y)
-        else:
-            eps_hat = model(x_t, t)
-        return F.mse_loss(eps_hat.float(), eps)
+        return F.mse_loss(model(x_t, t, y).float(), eps)
 
     return loss_fn
 
@@ -78,7 +97,9 @@ def classifier_loss(augment_shift=2):
     def loss_fn(model, batch, generator):
         x, y = batch
         if augment_shift:
-            dx, dy = torch.randint(-augment_shift, augment_shift + 1, (2,), generator=generator).tolist()
+            # drawn on the generator's device (whatever the images' device), then read as Python ints
+            dx, dy = _draw(torch.randint, -augment_shift, augment_shift + 1, (2,), generator=generator,
+                           device="cpu").tolist()
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         return F.cross_entropy(model(x).float(), y)
 
@@ -94,63 +115,169 @@ class TrainResult:
     images_per_second: float = 0.0
 
 
-def train(model, loss_fn, data, *, steps, batch_size=128, lr=1e-3, ema_decay=0.999, warmup=100,
-          seed=0, device=None, progress=True, weight_decay=0.0, bf16=None):
-    """Train ``model`` for ``steps`` mini-batches drawn (with replacement) from ``data``.
+LR_SCHEDULES = ("cosine", "constant")
 
-    ``data``: a tensor or a tuple of tensors with the same first dimension (images, labels).
-    Kept on the training device in full, which is fastest for data sets of MNIST's size.
-    ``bf16``: run the forward pass under bfloat16 autocast (weights stay float32). ``None`` picks it
-    on CPUs with native bf16 (:func:`fast_cpu_bf16`); on GPUs it did not help at this size.
-    Returns a :class:`TrainResult` with the model, its EMA copy and the per-step losses.
+
+@contextlib.contextmanager
+def backend_flags(device):
+    """Switch on TF32 matmuls/convolutions and ``cudnn.benchmark`` for a CUDA device inside the
+    ``with`` block only, and restore the previous values afterwards (they are process-wide)."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def _global_rng_scope(device, generator):
+    """A private copy of torch's *global* generator for the duration of the training call.
+
+    Layers such as ``nn.Dropout`` draw from the global generator and cannot take ours. Inside the
+    scope it is seeded from ``generator.initial_seed()`` (no draw taken from ``generator``), so a run
+    is reproducible, and ``torch.random.fork_rng`` restores the caller's global state afterwards.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
-    device = torch.device(device) if device is not None else default_device()
+    accel = device.type in ("cuda", "mps")
+    scope = torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda")
+    return scope, generator.initial_seed()
+
+
+def _lr_factor(lr_schedule, warmup, steps):
+    """The learning-rate multiplier at each step: a linear warm-up over ``warmup`` steps, then
+    "cosine" (decay to 10% of lr at the last step) or "constant"."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid ones are {', '.join(LR_SCHEDULES)}")
+    if warmup < 0:
+        raise ValueError(f"warmup is a number of steps >= 0, got {warmup}")
+
+    def factor(step):
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if lr_schedule == "constant":
+            return ramp
+        return ramp * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+
+    return factor
+
+
+def _count_steps(n, batch_size, steps, epochs):
+    """Exactly one of ``steps`` (mini-batches) and ``epochs`` (passes over the n examples)."""
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"give exactly one of steps= and epochs=, got steps={steps} and epochs={epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        return epochs * math.ceil(n / batch_size)
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    return steps
+
+
+def _batch_indices(n, batch_size, steps, epochs, generator, device):
+    """Yield the index tensor of each mini-batch.
+
+    With ``steps``: each batch drawn uniformly with replacement. With ``epochs``: each epoch a fresh
+    random permutation cut into batches (the last one smaller if batch_size does not divide n), as a
+    textbook ``DataLoader(shuffle=True)`` does.
+    """
+    if epochs is None:
+        for _ in range(steps):
+            yield _draw(torch.randint, 0, n, (batch_size,), generator=generator, device=device)
+        return
+    for _ in range(epochs):
+        yield from _draw(torch.randperm, n, generator=generator, device=device).split(batch_size)
+
+
+def _prepare(model, data, device, channels_last):
+    """Move the model and the data (kept whole on the device) there; channels_last for 4-D images."""
     data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
     if len({len(d) for d in data}) != 1:
         raise ValueError(f"all data tensors need the same length, got {[len(d) for d in data]}")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    if channels_last is None:
+        # measured on a 2-core CPU: ~1.6x for the default U-Net at batch 64 (DESIGN.md); not yet on GPUs
+        channels_last = device.type == "cpu" and data[0].ndim == 4
+    if channels_last and data[0].ndim != 4:
+        raise ValueError(f"channels_last needs (B, C, H, W) images, got data of shape {tuple(data[0].shape)}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    data = tuple(d.to(device, memory_format=fmt) if d.ndim == 4 else d.to(device) for d in data)
+    return model.to(device, memory_format=fmt).train(), data
 
-    torch.manual_seed(seed)  # dropout and any other global draws
-    generator = torch.Generator(device).manual_seed(seed)
-    data = tuple(d.to(device) for d in data)
-    if bf16 is None:
-        bf16 = device.type == "cpu" and fast_cpu_bf16()
-    model = model.to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+
+@torch.no_grad()
+def _ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers copied."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def _step(model, loss_fn, batch, generator, opt, sched, bf16):
+    """One optimiser step on one mini-batch; returns the (detached) loss."""
+    device_type = batch[0].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss = loss_fn(model, batch, generator)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.detach()  # no .item() here: on a GPU it would wait for every step to finish
+
+
+def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1e-3, lr_schedule="cosine",
+          ema_decay=0.999, warmup=100, seed=None, generator=None, device=None, progress=True, weight_decay=0.0,
+          bf16=None, channels_last=None):
+    """Train ``model`` on ``data`` for ``steps`` mini-batches (drawn with replacement) or ``epochs``
+    passes (each a random permutation); give exactly one of the two.
+
+    ``data``: a tensor or a tuple of tensors with the same first dimension (images, labels), kept
+    whole on the training device. Randomness: ``generator`` (a ``torch.Generator`` on any device), or
+    ``seed`` (default 0) for a fresh one on the training device; torch's global generator is left as
+    it was. ``lr_schedule``: "cosine" (decay to 10%) or "constant", both after ``warmup`` steps.
+    ``bf16``: bfloat16 autocast, ``None`` = on CPUs with native bf16 (:func:`fast_cpu_bf16`).
+    ``channels_last``: ``None`` = on for 4-D images on the CPU. TF32 and ``cudnn.benchmark`` are on
+    during a CUDA run only. Returns a :class:`TrainResult` (model, EMA copy, per-step losses).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if generator is not None and seed is not None:
+        raise ValueError("give seed= or generator=, not both (the generator already carries its seed)")
+    if generator is None:
+        generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
+    model, data = _prepare(model, data, device, channels_last)
+    n = len(data[0])
+    total = _count_steps(n, batch_size, steps, epochs)
+    bf16 = device.type == "cpu" and fast_cpu_bf16() if bf16 is None else bf16
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    # linear warm-up, then cosine decay to 10% of lr
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(lr_schedule, warmup, total))
+    rng_scope, global_seed = _global_rng_scope(device, generator)
 
-    losses, start = [], time.time()
-    bar = tqdm(range(steps), disable=not progress, mininterval=2.0, desc="training")
-    for step in bar:
-        idx = torch.randint(0, len(data[0]), (batch_size,), device=device, generator=generator)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(model, tuple(d[idx] for d in data), generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        # EMA with a warm-up so that early averages are not dominated by the random init
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-            for b_ema, b in zip(ema.buffers(), model.buffers()):
-                b_ema.copy_(b)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    seconds = time.time() - start
+    with backend_flags(device), rng_scope:
+        torch.manual_seed(global_seed)  # seeds the forked copy only: dropout draws from it
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        losses, images, start = [], 0, time.time()
+        bar = tqdm(total=total, disable=not progress, mininterval=2.0, desc="training")
+        for step, idx in enumerate(_batch_indices(n, batch_size, steps, epochs, generator, device)):
+            losses.append(_step(model, loss_fn, tuple(d[idx] for d in data), generator, opt, sched, bf16))
+            # EMA with a warm-up so that early averages are not dominated by the random init
+            _ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+            images += len(idx)
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{torch.stack(losses[-50:]).float().mean().item():.4f}")
+        losses = torch.stack(losses).float().tolist()
+        seconds = time.time() - start
+        bar.close()
+    for m in (model, ema):  # hand back ordinary (contiguous) weights
+        m.to(memory_format=torch.contiguous_format)
     model.eval()
-    return TrainResult(model, ema, losses, seconds, steps * batch_size / seconds)
+    return TrainResult(model, ema, losses, seconds, images / seconds)
 
 
 # --------------------------------------------------------------------------- recipes

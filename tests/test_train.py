@@ -1,0 +1,290 @@
+"""course_lib.train: losses, randomness, devices, backend flags, epochs and learning-rate schedules.
+
+Every test here is fast (a few optimiser steps of tiny networks on the CPU).
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from course_lib import nets, schedules, train
+
+
+def tiny_unet(num_classes=None):
+    return nets.UNet(channels=(8, 16), blocks=1, num_classes=num_classes)
+
+
+def digits(n=12, generator=None):
+    g = generator or torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
+
+
+class Spy(torch.nn.Module):
+    """An eps-model that records the labels it was given and predicts zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(y)
+        return x * self.w
+
+
+# ----------------------------------------------------------------------------- diffusion_loss
+
+
+def test_labels_without_dropout_are_passed_through():
+    """Issue 13 item 2: torch.full_like(y, None) raised a TypeError when label_dropout was 0."""
+    x, y = digits()
+    spy = Spy()
+    loss = train.diffusion_loss(schedules.make_schedule("linear", 1000))(spy, (x, y), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    assert torch.equal(spy.seen[-1], y)
+
+
+def test_label_dropout_one_replaces_every_label_by_the_null_class():
+    x, y = digits()
+    spy = Spy()
+    loss_fn = train.diffusion_loss(schedules.make_schedule("linear", 1000), label_dropout=1.0, null_class=10)
+    loss_fn(spy, (x, y), torch.Generator().manual_seed(0))
+    assert (spy.seen[-1] == 10).all()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_label_dropout_outside_0_1_is_refused(bad):
+    with pytest.raises(ValueError, match="probability"):
+        train.diffusion_loss(schedules.make_schedule("linear", 1000), label_dropout=bad, null_class=10)
+
+
+def test_diffusion_loss_warns_on_a_schedule_that_never_reaches_noise():
+    """Issue 13 item 18: linear betas at T = 200 end at alpha_bar = 0.13."""
+    with pytest.warns(UserWarning, match=r"alpha_bar_\(T-1\) = 0\.13.*scale_to_T=True"):
+        train.diffusion_loss(schedules.make_schedule("linear", 200))
+
+
+@pytest.mark.parametrize("schedule", [("linear", 1000, {}), ("cosine", 1000, {}), ("cosine", 50, {}),
+                                      ("linear", 200, {"scale_to_T": True}),
+                                      ("linear", 100, {"beta_start": 1e-3, "beta_end": 0.2})])  # lesson 03's toy
+def test_diffusion_loss_is_quiet_on_schedules_that_reach_noise(schedule):
+    name, T, kw = schedule
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.diffusion_loss(schedules.make_schedule(name, T, **kw))
+
+
+# ----------------------------------------------------------------------------- devices (issue 12 item 1)
+
+
+class FakeCudaGenerator:
+    """Stands in for torch.Generator(device="cuda") on a machine without one: it reports a CUDA
+    device, and the patched random functions below apply torch's rule to it."""
+
+    device = torch.device("cuda")
+
+    def __init__(self, seed):
+        self.cpu = torch.Generator().manual_seed(seed)
+
+    def initial_seed(self):
+        return self.cpu.initial_seed()
+
+
+@pytest.fixture
+def strict_generators(monkeypatch):
+    """torch refuses a draw whose device differs from its generator's ("Expected a 'cpu' device type
+    for generator but found 'cuda'"), but on the CPU it cannot show that for CUDA or meta: these
+    wrappers enforce the rule for every generator, then draw on the CPU."""
+    for name in ("randn", "rand", "randint", "randperm"):
+        real = getattr(torch, name)
+
+        def strict(*args, generator=None, device=None, _real=real, **kwargs):
+            if generator is not None:
+                want = torch.device(device if device is not None else "cpu")
+                if want.type != generator.device.type:
+                    raise RuntimeError(f"Expected a '{want.type}' device type for generator but found "
+                                       f"'{generator.device.type}'")
+                if isinstance(generator, FakeCudaGenerator):
+                    generator, device = generator.cpu, "cpu"
+            return _real(*args, generator=generator, device=device, **kwargs)
+
+        monkeypatch.setattr(torch, name, strict)
+
+
+@pytest.mark.parametrize("make_loss", [train.classifier_loss, lambda: train.diffusion_loss(
+    schedules.make_schedule("linear", 1000), label_dropout=0.5, null_class=10)])
+def test_losses_draw_with_a_generator_on_another_device(strict_generators, make_loss):
+    """Issue 12: with a CUDA generator, classifier_loss drew on the CPU and failed at step 0."""
+    x, y = digits(4)
+    model = tiny_unet(10) if "diffusion" in make_loss().__qualname__ else nets.Classifier(width=8, feature_dim=16)
+    assert torch.isfinite(make_loss()(model, (x, y), FakeCudaGenerator(0)))
+
+
+def test_classifier_trains_with_a_generator_on_another_device(strict_generators):
+    """The failure of issue 12: train() made a CUDA generator, classifier_loss drew on the CPU with it."""
+    x, y = digits(8)
+    result = train.train(nets.Classifier(width=8, feature_dim=16), train.classifier_loss(), (x, y), steps=2,
+                         batch_size=4, generator=FakeCudaGenerator(0), device="cpu", progress=False)
+    assert len(result.losses) == 2 and all(math.isfinite(v) for v in result.losses)
+
+
+@pytest.mark.parametrize("epochs", [None, 1])
+def test_diffusion_training_with_a_generator_on_another_device(strict_generators, epochs):
+    x, y = digits(8)
+    steps = None if epochs else 2
+    result = train.train(tiny_unet(10), train.diffusion_loss(schedules.make_schedule("cosine", 100), 0.5, 10),
+                         (x, y), steps=steps, epochs=epochs, batch_size=4, generator=FakeCudaGenerator(0),
+                         device="cpu", progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
+
+
+def test_draws_happen_on_the_generator_device_then_move_to_the_data(strict_generators):
+    """A notebook's CPU generator with data elsewhere (the meta device stands in for a GPU here; a
+    whole loss cannot run on meta tensors, since check_t reads values)."""
+    g = torch.Generator().manual_seed(0)
+    for fn, args in [(torch.randn, ((4, 1, 8, 8),)), (torch.rand, ((4,),)), (torch.randint, (0, 10, (4,))),
+                     (torch.randperm, (10,))]:
+        assert train._draw(fn, *args, generator=g, device="meta").device.type == "meta"
+    same = train._draw(torch.randn, (3,), generator=torch.Generator().manual_seed(1), device="cpu")
+    assert torch.equal(same, torch.randn(3, generator=torch.Generator().manual_seed(1)))
+
+
+def test_default_device_is_a_torch_device():
+    assert isinstance(train.default_device(), torch.device)
+
+
+# ----------------------------------------------------------------------------- global state (issue 13 item 6)
+
+
+def test_train_leaves_the_global_generator_alone_and_is_reproducible():
+    """The classifier has dropout, which draws from torch's global generator."""
+    x, y = digits(16)
+    models = [nets.Classifier(width=8, feature_dim=16) for _ in range(3)]  # their init draws globally
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    runs = [train.train(m, train.classifier_loss(), (x, y), steps=3, batch_size=8, seed=7, device="cpu",
+                        progress=False).losses for m in models[:2]]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert runs[0] == runs[1]
+    other = train.train(models[2], train.classifier_loss(), (x, y), steps=3, batch_size=8,
+                        generator=torch.Generator().manual_seed(8), device="cpu", progress=False)
+    assert other.losses != runs[0]
+
+
+def test_seed_and_generator_together_are_refused():
+    with pytest.raises(ValueError, match="not both"):
+        train.train(Spy(), train.diffusion_loss(schedules.make_schedule("linear", 1000)), digits()[0], steps=1,
+                    seed=0, generator=torch.Generator(), device="cpu", progress=False)
+
+
+def test_backend_flags_are_scoped_to_the_call():
+    """TF32 and cudnn.benchmark are process-wide switches: on inside the block, restored after."""
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,  # noqa: E731
+                     torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = (
+        False, False, False)
+    with train.backend_flags(torch.device("cuda")):
+        assert flags() == (True, True, True)
+    assert flags() == (False, False, False)
+    with pytest.raises(KeyError), train.backend_flags(torch.device("cuda")):
+        raise KeyError("restored on errors too")
+    assert flags() == (False, False, False)
+    with train.backend_flags(torch.device("cpu")):
+        assert flags() == (False, False, False)
+
+
+# ----------------------------------------------------------------------------- steps, epochs, lr (item 19)
+
+
+class IndexRecorder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.batches = []
+
+    def loss(self, model, batch, generator):
+        self.batches.append(batch[0].clone())
+        return (model.w * batch[0].float()).mean() ** 2
+
+
+def test_epochs_visit_every_example_once_per_epoch():
+    data = torch.arange(10)
+    rec = IndexRecorder()
+    result = train.train(rec, rec.loss, data, epochs=3, batch_size=4, device="cpu", progress=False)
+    assert len(result.losses) == 3 * math.ceil(10 / 4)
+    assert [len(b) for b in rec.batches] == [4, 4, 2] * 3
+    for e in range(3):
+        assert sorted(torch.cat(rec.batches[3 * e: 3 * e + 3]).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("kw", [{}, {"steps": 5, "epochs": 1}])
+def test_steps_or_epochs_exactly_one(kw):
+    with pytest.raises(ValueError, match="exactly one of steps= and epochs="):
+        train.train(Spy(), train.diffusion_loss(schedules.make_schedule("linear", 1000)), digits()[0],
+                    device="cpu", progress=False, **kw)
+
+
+@pytest.mark.parametrize("kw", [{"epochs": 0}, {"epochs": 1.5}, {"steps": 0}, {"steps": 3, "batch_size": 0}])
+def test_bad_steps_epochs_batch_size_are_refused(kw):
+    with pytest.raises(ValueError):
+        train.train(Spy(), train.diffusion_loss(schedules.make_schedule("linear", 1000)), digits()[0],
+                    device="cpu", progress=False, **kw)
+
+
+def test_lr_schedules():
+    cosine = train._lr_factor("cosine", warmup=10, steps=100)
+    constant = train._lr_factor("constant", warmup=10, steps=100)
+    assert cosine(0) == pytest.approx(0.1) and constant(0) == pytest.approx(0.1)  # warm-up: 1/10
+    assert [constant(s) for s in (10, 50, 99)] == [1.0, 1.0, 1.0]
+    assert cosine(10) < 1.0 and cosine(99) == pytest.approx(0.1, abs=1e-3)  # decays to 10% of lr
+    assert train._lr_factor("constant", warmup=0, steps=5)(0) == 1.0  # no warm-up (was a ZeroDivisionError)
+
+
+def test_constant_lr_is_applied_and_unknown_schedules_list_the_valid_ones():
+    rec = IndexRecorder()
+    opt_lrs = []
+    real_step = torch.optim.AdamW.step
+
+    def spy_step(self, *a, **k):
+        opt_lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    torch.optim.AdamW.step = spy_step
+    try:
+        train.train(rec, rec.loss, torch.arange(8), steps=6, batch_size=4, lr=0.01, lr_schedule="constant",
+                    warmup=0, device="cpu", progress=False)
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert opt_lrs == [0.01] * 6
+    with pytest.raises(ValueError, match="cosine, constant"):
+        train.train(rec, rec.loss, torch.arange(8), steps=1, lr_schedule="step", device="cpu", progress=False)
+
+
+# ----------------------------------------------------------------------------- speed settings (issue 12 item 3)
+
+
+def test_channels_last_trains_the_same_and_hands_back_contiguous_weights():
+    x, y = digits(8)
+    runs = {}
+    for cl in (False, True):
+        r = train.train(tiny_unet(10), train.diffusion_loss(schedules.make_schedule("linear", 1000)), (x, y),
+                        steps=3, batch_size=4, device="cpu", progress=False, bf16=False, channels_last=cl)
+        assert all(p.is_contiguous() for m in (r.model, r.ema) for p in m.parameters())
+        runs[cl] = r.losses
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_channels_last_needs_images():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        train.train(nets.MLPDenoiser(), train.diffusion_loss(schedules.make_schedule("cosine", 100)),
+                    torch.randn(8, 2), steps=1, device="cpu", progress=False, channels_last=True)
+
+
+def test_recipes_are_still_there():
+    assert set(train.RECIPES) == {"mnist-unet", "mnist-classifier"}
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
