@@ -37,20 +37,31 @@ def image_grid(images, nrow=8, padding=2):
     return grid
 
 
-def show_images(images, nrow=8, title=None, ax=None, labels=None):
-    """Show a grid of images in [-1, 1]; ``labels`` (one string per column) are written below."""
+def show_images(images, nrow=8, title=None, ax=None, labels=None, row_labels=None):
+    """Show a grid of images in [-1, 1], ``nrow`` per row.
+
+    ``labels``: one string per column, written below; ``row_labels``: one string per row, written
+    on the left (e.g. the class, the sampler or the number of steps of each row).
+    """
+    ncol = min(nrow, len(images))
+    rows = (len(images) + ncol - 1) // ncol
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"row_labels needs one label per row: {len(images)} images at {ncol} per row make "
+                         f"{rows} rows, got {len(row_labels)} labels")
     if ax is None:
-        ncol = min(nrow, len(images))
-        rows = (len(images) + ncol - 1) // ncol
-        _, ax = plt.subplots(figsize=(min(1.0 * ncol, 12), 1.0 * rows + (0.4 if title else 0)))
+        width = min(1.0 * ncol, 12) + (0.8 if row_labels is not None else 0)
+        _, ax = plt.subplots(figsize=(width, 1.0 * rows + (0.4 if title else 0)))
     ax.imshow(image_grid(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    H, W = images.shape[-2] + 2, images.shape[-1] + 2  # one tile plus image_grid's padding of 2
     if labels is not None:
-        W = images.shape[-1] + 2
         ax.set_xticks([2 + W * i + W / 2 - 1 for i in range(len(labels))])
         ax.set_xticklabels(labels, fontsize=8)
-        ax.tick_params(length=0)
+    if row_labels is not None:
+        ax.set_yticks([2 + H * r + H / 2 - 1 for r in range(rows)])
+        ax.set_yticklabels(row_labels, fontsize=8)
+    ax.tick_params(length=0)
     if title:
         ax.set_title(title)
     return ax
@@ -77,6 +88,34 @@ def plot_curves(curves, xlabel="t", ylabel=None, title=None, ax=None, logy=False
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return ax
+
+
+def plot_losses(losses, smooth=50, ax=None, title="training loss", logy=True):
+    """Plot a training-loss curve: every step faintly, and its moving average over ``smooth`` steps.
+
+    ``losses``: a list or tensor of per-step losses, or a :class:`~course_lib.train.TrainResult`.
+    ``smooth``: window of the moving average (capped at the number of steps); 0 or None for none.
+    The y axis is logarithmic by default: the loss falls over orders of magnitude early on and
+    then creeps, and a log axis shows both phases.
+    """
+    y = torch.as_tensor(getattr(losses, "losses", losses), dtype=torch.float64).detach().cpu().flatten()
+    if len(y) == 0:
+        raise ValueError("no losses to plot: got an empty sequence")
+    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0):
+        raise ValueError(f"smooth is a window length in steps (an integer >= 0, or None), got {smooth!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(y.tolist(), alpha=0.3 if smooth else 1.0, label="per step")
+    window = min(smooth or 0, len(y))
+    if window > 1:
+        avg = y.unfold(0, window, 1).mean(1)  # (steps - window + 1,): the mean of each full window
+        ax.plot(range(window - 1, len(y)), avg.tolist(), label=f"moving average ({window})")
+        ax.legend()
+    if logy:
+        ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
     return ax
 
 
