@@ -186,8 +186,9 @@ def langevin_explorer(mixture, n=1000, generator_seed=0, step_size=0.1, n_steps=
     ``sigmas = (sigma_max, sigma_min, levels)`` (``n_steps // levels`` per level, Algorithm 1).
 
     Attributes: ``step_size``, ``n_steps``, ``annealed`` (controls), ``samples`` (the last samples),
-    ``weights`` (measured fraction per component), ``stable`` (every sample finite and within 100 box
-    widths), ``readout`` (the HTML line), ``x_init`` (the fixed starting points).
+    ``weights`` (measured fraction per component), ``stable`` (every sample finite and within 100 times
+    the starting box), ``run_seed`` (the seed of the Langevin noise), ``readout`` (the HTML line),
+    ``x_init`` (the fixed starting points).
     """
     from .score import annealed_langevin, geometric_sigmas, langevin, mode_weights
 
@@ -197,6 +198,7 @@ def langevin_explorer(mixture, n=1000, generator_seed=0, step_size=0.1, n_steps=
     box_w = W.VBox()
     box_w.x_init = (torch.rand((n, 2), generator=torch.Generator().manual_seed(generator_seed)) * 2 - 1) * box
     box_w.sigmas = geometric_sigmas(sigma_max, sigma_min, levels)
+    box_w.run_seed = generator_seed + 1
     box_w.step_size = W.FloatLogSlider(value=step_size, base=10, min=-3, max=1, step=0.05, readout_format=".3g",
                                        description="step size", continuous_update=False)
     box_w.n_steps = W.IntSlider(value=n_steps, min=levels, max=3000, step=levels, description="steps",
@@ -210,7 +212,7 @@ def langevin_explorer(mixture, n=1000, generator_seed=0, step_size=0.1, n_steps=
 
     def update(change=None):
         eps, steps = box_w.step_size.value, box_w.n_steps.value
-        g = torch.Generator().manual_seed(generator_seed + 1)
+        g = torch.Generator().manual_seed(box_w.run_seed)
         start = time.perf_counter()
         with torch.no_grad():
             if box_w.annealed.value:
@@ -223,7 +225,7 @@ def langevin_explorer(mixture, n=1000, generator_seed=0, step_size=0.1, n_steps=
                 how = f"plain, {steps} steps"
         box_w.seconds = time.perf_counter() - start
         box_w.samples = x
-        box_w.stable = bool(torch.isfinite(x).all() and x.abs().max() < 100 * box)
+        box_w.stable = bool(torch.isfinite(x).all() and x.abs().max() < 100 * box_w.x_init.abs().max())
         box_w.weights = mode_weights(mixture, x)
         target = ", ".join(f"{w:.2f}" for w in mixture.weights.tolist())
         measured = ", ".join(f"{w:.3f}" for w in box_w.weights.tolist())
