@@ -1,8 +1,10 @@
 """One training loop for the course's models, and the recipes that made the shipped checkpoints.
 
-``train(model, loss_fn, data, steps=...)`` samples mini-batches from tensors, steps AdamW with a
-short warm-up and a cosine decay, keeps an exponential moving average (EMA) of the weights, and
-returns the loss history. The loss is a function you pass in:
+``train(model, loss_fn, data, steps=...)`` (or ``epochs=...``) samples mini-batches from tensors,
+steps AdamW with a short warm-up and a cosine decay (or a constant rate), keeps an exponential
+moving average (EMA) of the weights, and returns the loss history (:func:`course_lib.plotting.plot_losses`
+draws it). Randomness comes only from the ``generator`` (or ``seed``) you pass; torch's global
+generator and backend flags are left as they were. The loss is a function you pass in:
 
 * :func:`diffusion_loss`: the simplified DDPM objective (Ho et al., 2020, eq. 14), with label
   dropout for classifier-free guidance (Ho & Salimans, 2022, Algorithm 1);
@@ -194,14 +196,16 @@ def _batch_indices(n, batch_size, steps, epochs, generator, device):
         yield from _draw(torch.randperm, n, generator=generator, device=device).split(batch_size)
 
 
-def _prepare(model, data, device, channels_last):
+def _prepare(model, data, device, channels_last, bf16):
     """Move the model and the data (kept whole on the device) there; channels_last for 4-D images."""
     data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
     if len({len(d) for d in data}) != 1:
         raise ValueError(f"all data tensors need the same length, got {[len(d) for d in data]}")
     if channels_last is None:
-        # measured on a 2-core CPU: ~1.6x for the default U-Net at batch 64 (DESIGN.md); not yet on GPUs
-        channels_last = device.type == "cpu" and data[0].ndim == 4
+        # Measured for the default U-Net at batch 64, 1 thread of this 2-core Intel Xeon (native bf16), load ~2.2:
+        # fp32 95 img/s, fp32 channels_last 100, bf16 165, bf16 channels_last 116. So channels_last
+        # only for fp32 on the CPU; on GPUs it is not measured yet (pass channels_last=True to try).
+        channels_last = device.type == "cpu" and not bf16 and data[0].ndim == 4
     if channels_last and data[0].ndim != 4:
         raise ValueError(f"channels_last needs (B, C, H, W) images, got data of shape {tuple(data[0].shape)}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -242,7 +246,7 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
     ``seed`` (default 0) for a fresh one on the training device; torch's global generator is left as
     it was. ``lr_schedule``: "cosine" (decay to 10%) or "constant", both after ``warmup`` steps.
     ``bf16``: bfloat16 autocast, ``None`` = on CPUs with native bf16 (:func:`fast_cpu_bf16`).
-    ``channels_last``: ``None`` = on for 4-D images on the CPU. TF32 and ``cudnn.benchmark`` are on
+    ``channels_last``: ``None`` = on for 4-D images on the CPU without bf16. TF32 and ``cudnn.benchmark`` are on
     during a CUDA run only. Returns a :class:`TrainResult` (model, EMA copy, per-step losses).
     """
     device = torch.device(device) if device is not None else default_device()
@@ -250,10 +254,10 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
         raise ValueError("give seed= or generator=, not both (the generator already carries its seed)")
     if generator is None:
         generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
-    model, data = _prepare(model, data, device, channels_last)
+    bf16 = device.type == "cpu" and fast_cpu_bf16() if bf16 is None else bf16
+    model, data = _prepare(model, data, device, channels_last, bf16)
     n = len(data[0])
     total = _count_steps(n, batch_size, steps, epochs)
-    bf16 = device.type == "cpu" and fast_cpu_bf16() if bf16 is None else bf16
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(lr_schedule, warmup, total))
     rng_scope, global_seed = _global_rng_scope(device, generator)

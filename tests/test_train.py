@@ -288,3 +288,11 @@ def test_recipes_are_still_there():
     assert set(train.RECIPES) == {"mnist-unet", "mnist-classifier"}
     with pytest.raises(SystemExit):
         train.main(["--help"])
+
+
+def test_bench_reports_the_fp32_baseline_and_the_ratio():
+    from course_lib.bench import bench
+
+    r = bench("cpu", batch=4, train_steps=1, sample_batch=2, ddpm_steps=2, ddim_steps=2)
+    assert r["train_images_per_s"] > 0 and r["train_fp32_images_per_s"] > 0
+    assert r["train_speedup"] == pytest.approx(r["train_images_per_s"] / r["train_fp32_images_per_s"])
