@@ -52,6 +52,7 @@ def predict_x0(x_t, eps, t, schedule):
     """
     _same_shape(x_t, eps, "x_t", "eps")
     ab, one_minus_ab = _alpha_bars64(schedule)
+    _check_recoverable(ab, t, "predict_x0")
     return (x_t - at(one_minus_ab.sqrt(), t, x_t) * eps) / at(ab.sqrt(), t, x_t)
 
 
@@ -95,6 +96,19 @@ def x0_from_v(x_t, v, t, schedule):
     return at(ab.sqrt(), t, x_t) * x_t - at(one_minus_ab.sqrt(), t, x_t) * v
 
 
+def _check_recoverable(ab, t, fn):
+    """Refuse to divide by sqrt(alpha_bar_t) = 0: at a zero-terminal-SNR step x_t is pure noise and
+    eps carries no information about x_0 (Lin et al., 2024, Sec. 3.2)."""
+    if ab[-1] > 0:  # the usual case: no step has alpha_bar = 0 (checked on the CPU schedule, no device sync)
+        return
+    t_max = int(t) if not isinstance(t, torch.Tensor) or t.ndim == 0 else int(t.max())
+    if t_max == len(ab) - 1:
+        raise ValueError(
+            f"{fn}: alpha_bar_t = 0 at t = {t_max} (a zero-terminal-SNR schedule), so x_0 cannot be recovered "
+            "from an eps prediction (it would divide by sqrt(alpha_bar_t) = 0). Use a v-predicting model "
+            f"(x0_from_v) as Lin et al. (2024) do, or start sampling at t = {t_max - 1} (e.g. 'leading' spacing).")
+
+
 def _alpha_bars64(schedule):
     """alpha_bar and 1 - alpha_bar in float64, so that 1 - alpha_bar keeps its digits near t = 0."""
     ab = torch.cumprod(1 - schedule.betas.double(), dim=0)
@@ -102,12 +116,17 @@ def _alpha_bars64(schedule):
 
 
 def _noise_like(x, noise=None, generator=None):
-    """Standard normal noise shaped like x: the given ``noise`` (checked) or a fresh draw."""
+    """Standard normal noise shaped like x: the given ``noise`` (checked) or a fresh draw.
+
+    The draw happens on the generator's own device and is then moved to x's: a CPU generator then
+    gives the same numbers whether the model runs on the CPU or a GPU (torch refuses to draw CUDA
+    tensors with a CPU generator)."""
     if noise is None:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        device = generator.device if generator is not None else x.device
+        return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
     if noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but must match the input's {tuple(x.shape)}")
-    return noise
+    return noise.to(x.device)
 
 
 def _same_shape(a, b, name_a, name_b):

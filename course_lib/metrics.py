@@ -8,8 +8,15 @@
 * :func:`fid_floor`: the same distance between two disjoint, class-balanced sets of *real* digits of the
   same size: the best score a perfect generator can expect with this many samples (FID is biased upwards for
   small samples, so always read a score against its floor).
+* :func:`within_class_spread`: diversity inside each class (classifier features around their class centroid);
+  :func:`class_shares`: which digits an unconditional sampler draws, and how often.
+
+The evaluation classifier was trained on **clean** digits only: it scores finished samples, never noisy
+x_t (it reads pure noise as an "8" with high confidence). For guiding a sampler through noisy states the
+course trains a separate, noise-aware classifier (lesson 06).
 """
 
+import time
 from functools import lru_cache
 
 import torch
@@ -118,81 +125,157 @@ def balanced_labels(n, num_classes=10):
     return torch.arange(n) % num_classes
 
 
-def sampler_quality(sample_fn, n, batch=250, seed=0):
-    """Measure a sampler: ``sample_fn(labels, generator) -> images`` is called on class-balanced label
-    batches; returns ``{"n", "accuracy", "fid", "fid_floor", "seconds", "seconds_per_image"}``."""
-    import time
+def within_class_spread(images, labels, classifier=None):
+    """Within-class diversity: the mean squared distance of each image's classifier features to the centroid
+    of its class, averaged over the classes present. Real held-out digits give the reference value; a
+    sampler that draws the same typical digit again and again scores lower (lessons 04, 06, 07)."""
+    labels = torch.as_tensor(labels).cpu()
+    if labels.shape != (len(images),):
+        raise ValueError(f"need one label per image: {len(images)} images, labels of shape {tuple(labels.shape)}")
+    f = features(images, classifier)  # (N, D)
+    per_class = [(f[labels == c] - f[labels == c].mean(0)).pow(2).sum(1).mean()
+                 for c in labels.unique().tolist() if (labels == c).sum() > 1]
+    if not per_class:
+        raise ValueError("need at least two images of some class to measure a spread")
+    return torch.stack(per_class).mean().item()
 
+
+def class_shares(images, num_classes=10, classifier=None):
+    """The fraction of ``images`` that the evaluation classifier assigns to each class: a (num_classes,) tensor
+    summing to 1. For an unconditional sampler each share should be near the data's (10% per digit here)."""
+    counts = torch.bincount(predict_labels(images, classifier), minlength=num_classes)
+    return counts.float() / len(images)
+
+
+def quality(images, labels):
+    """Class accuracy, classifier-FID with its floor, and within-class spread of class-balanced ``images``."""
+    n = len(images)
+    return {"n": n, "accuracy": class_accuracy(images, labels), "fid": classifier_fid(images),
+            "fid_floor": fid_floor(n), "spread": within_class_spread(images, labels)}
+
+
+def sampler_quality(sample_fn, n, batch=250, seed=0):
+    """Measure any sampler: ``sample_fn(labels, generator) -> images`` is called on class-balanced label
+    batches; returns :func:`quality`'s dict plus ``"seconds"`` and ``"seconds_per_image"``."""
     labels = balanced_labels(n)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    images = torch.cat([sample_fn(labels[i:i + batch], generator).cpu() for i in range(0, n, batch)])
+    images = torch.cat([sample_fn(y, generator).cpu() for y in labels.split(batch)])
     seconds = time.perf_counter() - start
-    return {"n": n, "accuracy": class_accuracy(images, labels), "fid": classifier_fid(images),
-            "fid_floor": fid_floor(n), "seconds": seconds, "seconds_per_image": seconds / n}
+    return {**quality(images, labels), "seconds": seconds, "seconds_per_image": seconds / n}
 
 
-def sampler_table(model, schedule, n, rows, null_class=None, w=1.0, batch=250, seed=0, clip_x0=True):
-    """Class accuracy, classifier-FID and time for each ``(sampler, steps)`` in ``rows``, e.g.
-    ``[("ddim", 10), ("ddpm", 1000)]``. ``model(x, t, y)`` is class-conditional; with ``w != 1`` the
-    classifier-free guided model (``guidance.classifier_free``) is sampled. ``clip_x0`` clips the
-    model's x_0 guess to the data range [-1, 1] at every step (diffusers' default for DDPM)."""
+SAMPLERS = ("ddim", "ddpm")
+
+
+def sampler_table(net, schedule, n, rows, *, image_shape=(1, 32, 32), null_class=None, s=1.0, batch=250, seed=0,
+                  clip_x0=False, device="cpu"):
+    """Class accuracy, classifier-FID, spread and time for each ``(sampler, steps)`` in ``rows``, e.g.
+    ``[("ddim", 10), ("ddpm", 1000)]``, over ``n`` class-balanced samples of ``image_shape``.
+
+    ``net(x, t, y)`` is class-conditional and is sampled through classifier-free guidance with scale ``s``
+    (:func:`guidance.classifier_free`; s = 1 is the plain conditional model, one pass per step).
+    ``clip_x0`` as in :mod:`course_lib.samplers` (default False there too). Starting noise is drawn on the
+    CPU with a seeded generator and moved to ``device``, so every device sees the same noise."""
     from .guidance import classifier_free
     from .samplers import ddim_sample, ddpm_sample
 
+    for sampler, steps in rows:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid samplers are {', '.join(SAMPLERS)}")
+    labels = balanced_labels(n)
     table = []
     for sampler, steps in rows:
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"unknown sampler {sampler!r}; valid samplers are ddim, ddpm")
-
-        def sample_fn(labels, generator, sampler=sampler, steps=steps):
-            if w == 1.0:
-                net = lambda x, t: model(x, t, labels)  # noqa: E731 - the plain conditional model
-            else:
-                net = classifier_free(model, labels, w, null_class)
-            shape = (len(labels), 1, 32, 32)
-            run = ddim_sample if sampler == "ddim" else ddpm_sample
-            return run(net, shape, schedule, steps=steps, generator=generator, clip_x0=clip_x0, device="cpu")
-
-        table.append({"sampler": sampler, "steps": steps, "w": w, "clip_x0": clip_x0,
-                      **sampler_quality(sample_fn, n, batch, seed)})
+        run = ddim_sample if sampler == "ddim" else ddpm_sample
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        images = []
+        for y in labels.split(batch):
+            model = classifier_free(net, y.to(device), s, null_class)
+            shape = (len(y), *image_shape)
+            images.append(run(model, shape, schedule, steps=steps, generator=generator, clip_x0=clip_x0,
+                              device=device).cpu())
+        seconds = time.perf_counter() - start
+        table.append({"sampler": sampler, "steps": steps, "s": s, "clip_x0": clip_x0,
+                      **quality(torch.cat(images), labels), "seconds": seconds, "seconds_per_image": seconds / n})
     return table
 
 
+def unconditional_shares(net, schedule, n, *, image_shape=(1, 32, 32), null_class=None, steps=50, batch=250, seed=0,
+                         clip_x0=False, device="cpu"):
+    """Class shares (:func:`class_shares`) of ``n`` DDIM samples of the unconditional mode of ``net``
+    (its null class): a list of ``num_classes`` fractions."""
+    from .guidance import unconditional
+    from .samplers import ddim_sample
+
+    model = unconditional(net, null_class)
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, n, batch):
+        shape = (min(batch, n - start), *image_shape)
+        images.append(ddim_sample(model, shape, schedule, steps=steps, generator=generator, clip_x0=clip_x0,
+                                  device=device).cpu())
+    return [round(v, 4) for v in class_shares(torch.cat(images)).tolist()]
+
+
 def main(argv=None):
-    """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``."""
+    """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``.
+
+    Every image row clips x0_hat (``clip_x0=True``, said explicitly; the library default is False), except
+    the ``samplers_no_clip`` rows. ``--only PART`` re-measures one part and keeps the others of the file."""
     import argparse
     import json
+    import os
     import sys
 
-    import torch as _torch
-
+    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional")
     parser = argparse.ArgumentParser(description="Measure the shipped mnist-unet: DDIM vs ancestral, and guidance.")
     parser.add_argument("--n", type=int, default=500, help="samples per row of the sampler table")
     parser.add_argument("--n-slow", type=int, default=None,
                         help="samples for the 1,000-step ancestral row (default: --n); it costs 20x DDIM-50")
     parser.add_argument("--n-guidance", type=int, default=1000, help="samples per guidance scale (DDIM-50)")
+    parser.add_argument("--n-shares", type=int, default=1000, help="unconditional samples for the class shares")
+    parser.add_argument("--only", choices=parts, action="append", help="measure only these parts (repeatable)")
     parser.add_argument("--out", default=str(pretrained.FOLDER / "quality.json"))
     args = parser.parse_args(argv)
+    todo = args.only or parts
     unet = pretrained.load("mnist-unet")
-    result = {"model": "mnist-unet", "sha256": unet.info["sha256"],
-              "hardware": f"CPU ({_torch.get_num_threads()} threads)",
-              "command": " ".join(["python -m course_lib.metrics", *(sys.argv[1:] if argv is None else argv)])}
+    command = " ".join(["python -m course_lib.metrics", *(sys.argv[1:] if argv is None else argv)])
+    result = {}
+    if args.only and os.path.exists(args.out):
+        with open(args.out) as f:
+            result = json.load(f)
+        if result.get("sha256") != unet.info["sha256"]:
+            raise ValueError(f"{args.out} was measured on another mnist-unet (sha256 differs): re-measure all parts")
+    result.update({"model": "mnist-unet", "sha256": unet.info["sha256"],
+                   "hardware": f"CPU ({torch.get_num_threads()} threads)"})
+    result.setdefault("commands", {})
+    kwargs = {"image_shape": unet.image_shape, "null_class": unet.null_class}
 
-    def measure(key, n, row, **kwargs):
+    def measure(key, n, row, **options):
         # one row at a time, printed as it is measured: the whole run takes tens of minutes on a CPU
-        r = sampler_table(unet.model, unet.schedule, n, [row], **kwargs)[0]
+        r = sampler_table(unet.model, unet.schedule, n, [row], **kwargs, **options)[0]
         print(json.dumps(r))
-        result.setdefault(key, []).append(r)
+        result[key].append(r)
 
-    for w in (1.0, 3.0):
-        measure("guidance", args.n_guidance, ("ddim", 50), null_class=unet.null_class, w=w)
-    for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
-                ("ddpm", 10), ("ddpm", 20), ("ddpm", 50), ("ddpm", 1000)]:
-        measure("samplers", args.n_slow if row == ("ddpm", 1000) and args.n_slow else args.n, row)
-    # The same short samplers without x0 clipping (Song et al. do not clip): is clipping what decides the comparison?
-    for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 10), ("ddpm", 20), ("ddpm", 50)]:
-        measure("samplers_no_clip", args.n, row, clip_x0=False)
+    for part in todo:
+        result[part] = []
+        result["commands"][part] = command
+        if part == "guidance":
+            for s in (1.0, 3.0):
+                measure(part, args.n_guidance, ("ddim", 50), s=s, clip_x0=True)
+        elif part == "samplers":
+            for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
+                        ("ddpm", 10), ("ddpm", 20), ("ddpm", 50), ("ddpm", 1000)]:
+                measure(part, args.n_slow if row == ("ddpm", 1000) and args.n_slow else args.n, row, clip_x0=True)
+        elif part == "samplers_no_clip":
+            # the short samplers without x0 clipping (Song et al. do not clip): does clipping decide the comparison?
+            for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 10), ("ddpm", 20), ("ddpm", 50)]:
+                measure(part, args.n, row, clip_x0=False)
+        else:  # which digits does the unconditional mode (the null class) draw? about 10% each in the data
+            shares = unconditional_shares(unet.model, unet.schedule, args.n_shares, clip_x0=True, **kwargs)
+            result[part] = {"n": args.n_shares, "sampler": "ddim", "steps": 50, "clip_x0": True, "shares": shares}
+            print(json.dumps(result[part]))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")

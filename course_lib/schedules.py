@@ -208,7 +208,9 @@ def at(values, t, x):
     (or a 0-d tensor for an int t), on x's device and dtype.
     """
     t = check_t(t, len(values))
-    out = values.to(x.device)[t.to(x.device)].to(x.dtype)
+    # index where t lives, then move: a Python int t is looked up on the CPU and copied over, with no
+    # device-to-host synchronisation (indexing a GPU tensor with a 0-d tensor would read it back first)
+    out = values.to(t.device)[t].to(x.device, x.dtype)
     if out.ndim == 0:
         return out
     if out.shape[0] != x.shape[0]:

@@ -52,7 +52,7 @@ def calls_with_t(t):
         "q_posterior": lambda: diffusion.q_posterior(X, X, t, S),
         "predict_x0": lambda: diffusion.predict_x0(X, EPS, t, S),
         "score_from_eps": lambda: diffusion.score_from_eps(EPS, t, S),
-        "ddpm_step": lambda: samplers.ddpm_step(X, EPS, t, S, noise=EPS),
+        "ddpm_step": lambda: samplers.ddpm_step(X, EPS, t, t - 1, S, noise=EPS),
         "ddim_step": lambda: samplers.ddim_step(X, EPS, t, -1, S),
     }
 
@@ -101,7 +101,7 @@ def test_noise_of_another_shape(shape):
     with pytest.raises(ValueError, match=msg):
         diffusion.q_sample(X, 3, S, noise=noise)
     with pytest.raises(ValueError, match=msg):
-        samplers.ddpm_step(X, EPS, 3, S, noise=noise)
+        samplers.ddpm_step(X, EPS, 3, 2, S, noise=noise)
     with pytest.raises(ValueError, match=msg):
         samplers.ddim_step(X, EPS, 3, 1, S, eta=0.5, noise=noise)
 
@@ -147,12 +147,13 @@ def test_t_prev_must_be_before_t(t, t_prev):
     with pytest.raises(ValueError, match=rf"t_prev must satisfy -1 <= t_prev < t = {t}, got {t_prev}"):
         samplers.ddim_step(X, EPS, t, t_prev, S)
     with pytest.raises(ValueError, match="t_prev must satisfy"):
-        samplers.ddpm_step(X, EPS, t, S, noise=EPS, t_prev=t_prev)
+        samplers.ddpm_step(X, EPS, t, t_prev, S, noise=EPS)
 
 
-@pytest.mark.parametrize("eta", [-0.1, -1])
-def test_negative_eta(eta):
-    with pytest.raises(ValueError, match=rf"eta must be >= 0, got {eta}"):
+@pytest.mark.parametrize("eta", [-0.1, -1, 1.5, float("nan"), float("inf")])
+def test_eta_outside_0_1(eta):
+    """eta > 1 made the middle coefficient sqrt(negative) = NaN silently; NaN itself slipped through."""
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
         samplers.ddim_step(X, EPS, 10, 5, S, eta=eta)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
         samplers.ddim_sample(eps_model, (2, 3), S, steps=5, eta=eta)

@@ -246,18 +246,18 @@ def test_ddpm_step_is_posterior_mean_plus_posterior_noise(lin):
         x0_hat = (x.double() - math.sqrt(1 - ref_alpha_bar(lin.betas, t)) * eps.double()) / math.sqrt(
             ref_alpha_bar(lin.betas, t))
         mean, var = bayes_posterior(lin.betas, x0_hat, x, t)
-        got = samplers.ddpm_step(x, eps, t, lin, noise=z)
+        got = samplers.ddpm_step(x, eps, t, t - 1, lin, noise=z)
         torch.testing.assert_close(got.double(), mean + math.sqrt(var) * z.double(), rtol=1e-4, atol=1e-5)
 
 
 def test_ddpm_step_at_t0_returns_x0_hat_without_noise(lin):
     g = gen(10)
     x, eps = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
-    a = samplers.ddpm_step(x, eps, 0, lin, generator=gen(1))
-    b = samplers.ddpm_step(x, eps, 0, lin, generator=gen(2))
+    a = samplers.ddpm_step(x, eps, 0, -1, lin, generator=gen(1))
+    b = samplers.ddpm_step(x, eps, 0, -1, lin, generator=gen(2))
     assert torch.equal(a, b)
     torch.testing.assert_close(a, diffusion.predict_x0(x, eps, 0, lin))
-    clipped = samplers.ddpm_step(3 * x, eps, 0, lin, clip_x0=True)
+    clipped = samplers.ddpm_step(3 * x, eps, 0, -1, lin, clip_x0=True)
     assert clipped.abs().max().item() == pytest.approx(1.0, abs=1e-6)  # x0_hat reached +-1 and was clipped
 
 
@@ -285,7 +285,7 @@ def test_ddim_eta1_equals_ddpm_step(name, t, t_prev, clip):
     g = gen(t)
     x, eps, z = (2 * torch.randn(2, 2, 3, 3, generator=g) for _ in range(3))
     a = samplers.ddim_step(x, eps, t, t_prev, s, eta=1.0, noise=z / 2, clip_x0=clip)
-    b = samplers.ddpm_step(x, eps, t, s, noise=z / 2, t_prev=t_prev, clip_x0=clip)
+    b = samplers.ddpm_step(x, eps, t, t_prev, s, noise=z / 2, clip_x0=clip)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # ... but not with eta = 0 (unless there is no noise left to add)
     if t_prev >= 0:

@@ -127,7 +127,7 @@ def test_ddpm_step_matches_diffusers(name, clip, float64):
         x, eps = toy_inputs(seed=t)
         g_ref, g_ours = torch.Generator().manual_seed(t + 1), torch.Generator().manual_seed(t + 1)
         expected = ref.step(eps, t, x, generator=g_ref).prev_sample
-        got = samplers.ddpm_step(x, eps, t, ours, generator=g_ours, clip_x0=clip)
+        got = samplers.ddpm_step(x, eps, t, t - 1, ours, generator=g_ours, clip_x0=clip)
         atol = 1e-5 if float64 else ddpm_atol(t)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=atol, msg=f"t = {t}")
 
@@ -136,9 +136,9 @@ def test_ddpm_step_clip_and_noise_matter():
     """The comparisons above would be weak if clipping never bit or the noise were ignored."""
     s = schedules.make_schedule("linear", 1000)
     x, eps = toy_inputs()
-    a = samplers.ddpm_step(x, eps, 700, s, noise=torch.zeros_like(x), clip_x0=False)
-    b = samplers.ddpm_step(x, eps, 700, s, noise=torch.zeros_like(x), clip_x0=True)
-    c = samplers.ddpm_step(x, eps, 700, s, noise=torch.ones_like(x), clip_x0=False)
+    a = samplers.ddpm_step(x, eps, 700, 699, s, noise=torch.zeros_like(x), clip_x0=False)
+    b = samplers.ddpm_step(x, eps, 700, 699, s, noise=torch.zeros_like(x), clip_x0=True)
+    c = samplers.ddpm_step(x, eps, 700, 699, s, noise=torch.ones_like(x), clip_x0=False)
     assert (a - b).abs().max() > 1e-2
     assert (a - c).abs().max() > 1e-2
 
@@ -156,13 +156,13 @@ def test_strided_ddpm_step_matches_diffusers(name, clip):
             x, eps = toy_inputs(seed=t)
             g_ref, g_ours = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
             expected = ref.step(eps, t, x, generator=g_ref).prev_sample
-            got = samplers.ddpm_step(x, eps, t, ours, generator=g_ours, clip_x0=clip, t_prev=max(t_prev, -1))
+            got = samplers.ddpm_step(x, eps, t, max(t_prev, -1), ours, generator=g_ours, clip_x0=clip)
             atol = 1e-5 if float64 else ddpm_atol(t)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=atol, msg=f"float64={float64}, t = {t}")
     # and the stride matters: a plain one-step-back update is far from the strided one
     x, eps = toy_inputs(seed=500)
-    one_back = samplers.ddpm_step(x, eps, 500, ours, noise=torch.zeros_like(x))
-    strided = samplers.ddpm_step(x, eps, 500, ours, noise=torch.zeros_like(x), t_prev=480)
+    one_back = samplers.ddpm_step(x, eps, 500, 499, ours, noise=torch.zeros_like(x))
+    strided = samplers.ddpm_step(x, eps, 500, 480, ours, noise=torch.zeros_like(x))
     assert (one_back - strided).abs().max() > 1e-2
 
 
