@@ -66,7 +66,16 @@ def _chain_inplace(x0, t, betas, generator=None):
     return x0
 
 
+def _chain_reused_noise(x0, t, betas, generator=None):
+    eps = torch.randn(x0.shape, generator=generator)  # drawn once, outside the loop
+    x = x0
+    for s in range(t + 1):
+        x = (1 - betas[s]).sqrt() * x + betas[s].sqrt() * eps
+    return x
+
+
 WRONG_CHAIN = {
+    "one noise draw reused": (_chain_reused_noise, "reused at every step"),
     "t steps (off by one)": (_chain(lambda t: t, lambda b: (1 - b).sqrt(), lambda b: b.sqrt()), "one step too few"),
     "t + 2 steps": (_chain(lambda t: t + 2, lambda b: (1 - b).sqrt(), lambda b: b.sqrt()), "one step too many"),
     "missing sqrt on alpha": (_chain(lambda t: t + 1, lambda b: 1 - b, lambda b: b.sqrt()), "sqrt(1 - beta_t)"),

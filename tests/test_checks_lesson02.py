@@ -187,6 +187,13 @@ def test_noise_only_steps_log10_fails():
     _fails(lesson02.check_noise_only_steps, log10, "log10")
 
 
+def test_noise_only_steps_halved_log_snr_fails():
+    def halved(betas, threshold=-5.0):  # log of the ratio of standard deviations
+        ab = torch.cumprod(1 - betas.double(), dim=0)
+        return int((torch.log(ab.sqrt() / (1 - ab).sqrt()) < threshold).sum())
+    _fails(lesson02.check_noise_only_steps, halved, "ratio of VARIANCES")
+
+
 def test_noise_only_steps_ignoring_threshold_fails():
     _fails(lesson02.check_noise_only_steps, lambda betas, threshold=-5.0: noise_only_steps(betas), "hard-coded")
 

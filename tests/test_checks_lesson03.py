@@ -16,7 +16,9 @@ def _stub(*args, **kwargs):
 
 # ---------------------------------------------------------------------------------------- 3.1
 
-def _posterior(x0, x_t, t, schedule, prev="right", variance="tilde", sqrt_alpha=True):
+def _posterior(x0, x_t, t, schedule, prev="right", variance="tilde", sqrt_alpha=True, swap=False):
+    if swap:
+        x0, x_t = x_t, x0
     alpha_bars = schedule.alpha_bars
     if prev == "right":
         alpha_bar_prev = at(torch.cat([torch.ones(1), alpha_bars[:-1]]), t, x_t)
@@ -47,6 +49,7 @@ def test_posterior_stub_propagates():
     ({"prev": "current"}, "where eq. 7 has alpha_bar_"),
     ({"variance": "large"}, "fixed large"),
     ({"sqrt_alpha": False}, "posterior mean is off"),
+    ({"swap": True}, "x_0 and x_t swapped"),
 ])
 def test_posterior_wrong(kwargs, message):
     with pytest.raises(ExerciseError, match=message):
@@ -97,18 +100,20 @@ def test_loss_wrong(wrong, message):
 
 # ---------------------------------------------------------------------------------------- 3.3
 
-def _step(x_t, eps, t, schedule, z, alpha_kind="alpha", sigma="tilde", noise_at_0=False):
+def _step(x_t, eps, t, schedule, z, alpha_kind="alpha", sigma="tilde", noise_at_0=False, no_sqrt=None):
     beta = schedule.betas[t]
     alpha = 1 - beta if alpha_kind == "alpha" else schedule.alpha_bars[t]
     alpha_bar = schedule.alpha_bars[t]
     alpha_bar_prev = schedule.alpha_bars[t - 1] if t > 0 else torch.tensor(1.0)
-    mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+    root = (lambda v: v) if no_sqrt else torch.sqrt
+    mean = (x_t - beta / (root if no_sqrt == "1-alpha_bar" else torch.sqrt)(1 - alpha_bar) * eps) \
+        / (root if no_sqrt == "alpha" else torch.sqrt)(alpha)
     var = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta if sigma == "tilde" else beta
     if t == 0 and not noise_at_0:
         return mean
     if sigma == "none":
         return mean
-    return mean + var.sqrt() * z
+    return mean + (root if no_sqrt == "variance" else torch.sqrt)(var) * z
 
 
 def test_step_reference_passes(capsys):
@@ -126,6 +131,9 @@ def test_step_stub_propagates():
     ({"sigma": "large"}, "fixed large"),
     ({"sigma": "large", "noise_at_0": True}, "adds"),
     ({"sigma": "none"}, "adds no noise"),
+    ({"no_sqrt": "1-alpha_bar"}, "missing a square root: sqrt\\(1 - alpha_bar_t\\)"),
+    ({"no_sqrt": "alpha"}, "missing a square root: sqrt\\(alpha_t\\)"),
+    ({"no_sqrt": "variance"}, "missing a square root: sqrt of the variance"),
 ])
 def test_step_wrong(kwargs, message):
     with pytest.raises(ExerciseError, match=message):

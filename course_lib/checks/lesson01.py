@@ -130,9 +130,16 @@ def _moments_of_mistakes(betas, t):
             slope, var = slope * scale(b[s]), var * scale(b[s]) ** 2 + noise_var(b[s])
         return slope, var
 
+    def run_reused(n_steps):  # one eps for all steps: the noise terms add up coherently, std by std
+        slope, std = 1.0, 0.0
+        for s in range(n_steps):
+            slope, std = slope * math.sqrt(1 - b[s]), std * math.sqrt(1 - b[s]) + math.sqrt(b[s])
+        return slope, std**2
+
     n = t + 1
     return {
         "right": run(n, lambda x: math.sqrt(1 - x), lambda x: x),
+        "one noise draw reused at every step": run_reused(n),
         "t steps (one too few)": run(n - 1, lambda x: math.sqrt(1 - x), lambda x: x),
         "t + 2 steps (one too many)": run(n + 1, lambda x: math.sqrt(1 - x), lambda x: x),
         "no square root on 1 - beta": run(n, lambda x: 1 - x, lambda x: x),
@@ -144,6 +151,9 @@ def _moments_of_mistakes(betas, t):
 
 
 CHAIN_HINTS = {
+    "one noise draw reused at every step": "the same eps seems to be reused at every step, so the noise adds up "
+                                           "coherently and the variance is too large: draw fresh noise inside the "
+                                           "loop, eps = torch.randn(x.shape, generator=generator), at each step",
     "t steps (one too few)": "one step too few: x_t in the course's convention comes after the steps "
                              "s = 0, 1, ..., t (that is t + 1 steps; t = 0 is already one step)",
     "t + 2 steps (one too many)": "one step too many: run the steps s = 0, 1, ..., t and stop",

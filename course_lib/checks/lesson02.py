@@ -142,6 +142,8 @@ def check_noise_only_steps(noise_only_steps_fn):
         "no log": "compare the LOG of the signal-to-noise ratio alpha_bar / (1 - alpha_bar) with the threshold",
         "log alpha_bar": "the SNR is alpha_bar / (1 - alpha_bar), not alpha_bar alone",
         "threshold ignored": "use the threshold argument instead of a hard-coded -5",
+        "halved log-SNR": "your log-SNR is half the right one: the SNR is a ratio of VARIANCES, alpha_bar / "
+                          "(1 - alpha_bar), not of standard deviations sqrt(alpha_bar) / sqrt(1 - alpha_bar)",
     }
     for name, T, kw, thr in cases:
         s = make_schedule(name, T, **kw)
@@ -158,7 +160,8 @@ def check_noise_only_steps(noise_only_steps_fn):
                             ("log10", (torch.log10(ab / (1 - ab)) < thr).sum()),
                             ("no log", (ab / (1 - ab) < thr).sum()),
                             ("log alpha_bar", (torch.log(ab) < thr).sum()),
-                            ("threshold ignored", (s.log_snr.double() < -5.0).sum())):
+                            ("threshold ignored", (s.log_snr.double() < -5.0).sum()),
+                            ("halved log-SNR", (0.5 * torch.log(ab / (1 - ab)) < thr).sum())):
             slips.setdefault(slip, []).append(int(count))
     if got != expected:
         k = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)

@@ -58,6 +58,12 @@ def check_posterior(posterior_fn):
              "index the per-timestep numbers with t and reshape them to (B, 1, 1, 1), e.g. with schedules.at")
     ref_mean, ref_var = q_posterior(x0, x_t, t, schedule)
     ref_var = torch.broadcast_to(ref_var, shape)
+    # x_0 and x_t swapped: each coefficient multiplies the other image
+    swapped, _ = q_posterior(x_t, x0, t, schedule)
+    if not torch.allclose(mean, ref_mean, atol=1e-4, rtol=1e-3) and torch.allclose(mean, swapped, atol=1e-4, rtol=1e-3):
+        fail(ex, "your posterior mean has x_0 and x_t swapped: each coefficient multiplies the other image",
+             "in eq. 7 the coefficient with sqrt(alpha_bar_{t-1}) beta_t goes with x_0 (the clean image) and the one with "
+             "sqrt(alpha_t) (1 - alpha_bar_{t-1}) goes with x_t; check the order of the arguments (x0, x_t, t, schedule)")
 
     # the "fixed large" choice sigma^2 = beta_t first: a named diagnosis
     beta = at(schedule.betas, t, x0).expand(shape)
@@ -177,28 +183,41 @@ def check_ddpm_step(step_fn):
                   "(1 - alpha_bar_t) * beta_t, the posterior variance of eq. 7")
     hint_t0 = "at t = 0 the step lands on the clean image: Algorithm 2 adds no noise there (z = 0)"
 
-    # t = 0: the final step is deterministic
-    out0 = step_fn(x_t, eps, 0, schedule, z)
-    expect_tensor(ex, out0, shape, "your step at t = 0")
-    ref0 = ddpm_step(x_t, eps, 0, schedule, noise=z)
-    if not torch.allclose(out0, ref0, atol=1e-4):
-        diff = out0 - ref0
-        c = (diff * z).sum() / (z * z).sum()  # is the difference a multiple of the noise?
-        if c.abs() > 1e-4 and torch.allclose(diff, c * z, atol=1e-4):
-            fail(ex, f"at t = 0 your step adds {c.item():.4g} * z to the reference", hint_t0)
-        expect_close(ex, out0, ref0, hint, name="your step at t = 0", atol=1e-4)
-
-    for t in (999, 600, 100, 1):
-        out = step_fn(x_t, eps, t, schedule, z)
-        expect_tensor(ex, out, shape, f"your step at t = {t}")
-        ref = ddpm_step(x_t, eps, t, schedule, noise=z)
-        if not torch.allclose(out, ref, atol=1e-4):
-            mean = ddpm_step(x_t, eps, t, schedule, noise=torch.zeros_like(z))
+    def diagnose(out, t):
+        """Fail with the hint that names the slip, if ``out`` matches a known wrong step at t."""
+        t_prev = t - 1
+        ref = ddpm_step(x_t, eps, t, t_prev, schedule, noise=z)
+        if torch.allclose(out, ref, atol=1e-4):
+            return
+        mean = ddpm_step(x_t, eps, t, t_prev, schedule, noise=torch.zeros_like(z))
+        beta, alpha_bar = schedule.betas[t].double(), schedule.alpha_bars[t].double()
+        sigma = 0.0 if t == 0 else ((1 - schedule.alpha_bars[t - 1].double()) / (1 - alpha_bar) * beta).sqrt().float()
+        # the missing-sqrt slips, each named: which square root of Algorithm 2 was left out?
+        slips = {
+            "sqrt(1 - alpha_bar_t)": (x_t - (beta / (1 - alpha_bar)).float() * eps) / (1 - beta).sqrt().float() + sigma * z,
+            "sqrt(alpha_t)": (x_t - (beta / (1 - alpha_bar).sqrt()).float() * eps) / (1 - beta).float() + sigma * z,
+        }
+        if t > 0:
+            slips["sqrt of the variance (sigma_t = beta_tilde_t instead of its square root)"] = mean + sigma**2 * z
+        for root, wrong in slips.items():
+            if torch.allclose(out, wrong, atol=1e-4):
+                fail(ex, f"at t = {t} your step is missing a square root: {root}", hint)
+        if t == 0:
+            diff = out - ref
+            c = (diff * z).sum() / (z * z).sum()  # is the difference a multiple of the noise?
+            if c.abs() > 1e-4 and torch.allclose(diff, c * z, atol=1e-4):
+                fail(ex, f"at t = 0 your step adds {c.item():.4g} * z to the reference", hint_t0)
+        else:
             if torch.allclose(out, mean + schedule.betas[t].sqrt() * z, atol=1e-4):
                 fail(ex, f"at t = {t} your step uses sigma_t^2 = beta_t ('fixed large')", hint_sigma)
             if torch.allclose(out, mean, atol=1e-4):
                 fail(ex, f"at t = {t} your step adds no noise", "add sigma_t * z for every t > 0; " + hint_sigma)
-            expect_close(ex, out, ref, hint, name=f"your step at t = {t}", atol=1e-4)
+        expect_close(ex, out, ref, hint, name=f"your step at t = {t}", atol=1e-4)
+
+    for t in (0, 999, 600, 100, 1):  # t = 0 first: the final step is deterministic
+        out = step_fn(x_t, eps, t, schedule, z)
+        expect_tensor(ex, out, shape, f"your step at t = {t}")
+        diagnose(out, t)
     passed(ex, "Algorithm 2's update matches the library's posterior-mean step at t = 999, 600, 100, 1, "
                "and adds no noise at t = 0.")
 
