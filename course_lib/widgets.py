@@ -145,11 +145,17 @@ def trajectory_scrubber(states, timesteps, x0_hats=None):
     return box
 
 
-def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0, clip_x0=True):
+def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0, clip_x0=False, reference_steps=None,
+                  threshold=None):
     """Lesson 04. Sliders for DDIM steps and eta; samples ``shape`` images from the same starting
     noise (``clip_x0`` as in :func:`~course_lib.samplers.ddim_step`) and reports the measured wall-clock time.
 
-    Attributes: ``steps``, ``eta`` (sliders), ``samples`` (the last samples), ``seconds`` (their time).
+    With ``reference_steps``, it also samples once with that many steps (eta = 0) and shows how far the
+    current samples are from those (mean absolute pixel difference, clipped to [-1, 1] as displayed), with
+    four decimals so that a value just under ``threshold`` never prints as the threshold itself.
+
+    Attributes: ``steps``, ``eta`` (sliders), ``samples`` (the last samples), ``seconds`` (their time),
+    ``diff`` (the difference to the reference, with ``reference_steps``).
     """
     box = W.VBox()
     box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
@@ -157,15 +163,25 @@ def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0, c
     box.eta = W.FloatSlider(value=eta, min=0.0, max=1.0, step=0.1, description="eta", continuous_update=False)
     box.readout = W.HTML()
     box.out = W.Output()
+    reference = None
+    if reference_steps is not None:
+        with torch.no_grad():
+            reference = ddim_sample(model, shape, schedule, steps=reference_steps, x_T=box.x_T, clip_x0=clip_x0)
 
     def update(change=None):
         start = time.perf_counter()
-        box.samples = ddim_sample(model, shape, schedule, steps=box.steps.value, eta=box.eta.value,
-                                  generator=torch.Generator().manual_seed(generator_seed + 1), x_T=box.x_T,
-                                  clip_x0=clip_x0)
+        with torch.no_grad():
+            box.samples = ddim_sample(model, shape, schedule, steps=box.steps.value, eta=box.eta.value,
+                                      generator=torch.Generator().manual_seed(generator_seed + 1), x_T=box.x_T,
+                                      clip_x0=clip_x0)
         box.seconds = time.perf_counter() - start
-        box.readout.value = (f"DDIM, {box.steps.value} steps, eta = {box.eta.value:.1f}: "
-                             f"{box.seconds:.2f} s for {shape[0]} images (same starting noise every time)")
+        text = (f"DDIM, {box.steps.value} steps, eta = {box.eta.value:.1f}: "
+                f"{box.seconds:.2f} s for {shape[0]} images (same starting noise every time)")
+        if reference is not None:
+            box.diff = (box.samples.clamp(-1, 1) - reference.clamp(-1, 1)).abs().mean().item()
+            target = f" (target: below {threshold})" if threshold is not None else ""
+            text += f"<br>mean |samples - {reference_steps}-step samples| = <b>{box.diff:.4f}</b>{target}"
+        box.readout.value = text
         fig, ax = plt.subplots(figsize=(min(shape[0], 10) * 0.9, 1.3))
         plotting.show_images(box.samples, nrow=shape[0], ax=ax)
         _redraw(box.out, fig)

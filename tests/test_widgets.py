@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from course_lib import diffusion, samplers, schedules, widgets  # noqa: E402
@@ -55,9 +56,25 @@ def test_trajectory_scrubber_shows_the_chosen_step():
 def test_ddim_explorer_resamples_on_change():
     s = schedules.make_schedule("linear", 100)
     model = lambda x, t: 0.1 * x  # noqa: E731 - a toy epsilon-predictor
-    w = widgets.ddim_explorer(model, s, (2, 1, 4, 4), steps=10)
-    expected = samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=10, x_T=w.x_T, clip_x0=True)
+    w = widgets.ddim_explorer(model, s, (2, 1, 4, 4), steps=10)  # clip_x0=False: the course-wide default
+    expected = samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=10, x_T=w.x_T)
     assert torch.allclose(w.samples, expected)
+    assert w.samples.abs().max() > 1  # this toy model's samples leave [-1, 1]: nothing was clipped
     w.steps.value = 25
-    assert torch.allclose(w.samples, samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=25, x_T=w.x_T, clip_x0=True))
+    assert torch.allclose(w.samples, samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=25, x_T=w.x_T))
+    clipped = widgets.ddim_explorer(model, s, (2, 1, 4, 4), steps=10, clip_x0=True)
+    assert torch.allclose(clipped.samples, samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=10, x_T=w.x_T, clip_x0=True))
     assert "25 steps" in w.readout.value and w.seconds >= 0
+
+
+def test_ddim_explorer_reports_the_difference_to_its_reference_with_four_decimals():
+    """The review saw '0.015 (target: below 0.015)' at the right answer 0.01471: print four decimals."""
+    s = schedules.make_schedule("linear", 100)
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    w = widgets.ddim_explorer(model, s, (2, 1, 4, 4), steps=10, reference_steps=50, threshold=0.015, clip_x0=True)
+    reference = samplers.ddim_sample(model, (2, 1, 4, 4), s, steps=50, x_T=w.x_T, clip_x0=True)
+    expected = (w.samples.clamp(-1, 1) - reference.clamp(-1, 1)).abs().mean().item()
+    assert w.diff == pytest.approx(expected) and f"{expected:.4f}" in w.readout.value
+    assert "target: below 0.015" in w.readout.value
+    w.steps.value = 50
+    assert w.diff == 0.0 and "0.0000" in w.readout.value
