@@ -16,6 +16,7 @@ x_t (it reads pure noise as an "8" with high confidence). For guiding a sampler 
 course trains a separate, noise-aware classifier (lesson 06).
 """
 
+import json
 import time
 from functools import lru_cache
 
@@ -218,17 +219,46 @@ def unconditional_shares(net, schedule, n, *, image_shape=(1, 32, 32), null_clas
     return [round(v, 4) for v in class_shares(torch.cat(images)).tolist()]
 
 
+def guidance_sweep(make_model, scales, n, schedule, *, image_shape=(1, 32, 32), steps=50, batch=250, seed=0,
+                   clip_x0=False, device="cpu"):
+    """One row per guidance scale: ``make_model(labels, s) -> model callable (x_t, t) -> eps`` is sampled with
+    DDIM-``steps`` on ``n`` class-balanced labels (the same starting noise for every scale); each row holds
+    :func:`quality` (accuracy by the evaluation classifier, FID with its floor, within-class spread) and
+    the seconds per image (guidance that needs a backward pass or a second forward pass costs more)."""
+    from .samplers import ddim_sample
+
+    labels = balanced_labels(n)
+    rows = []
+    for s in scales:
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        images = []
+        for y in labels.split(batch):
+            model = make_model(y.to(device), s)
+            images.append(ddim_sample(model, (len(y), *image_shape), schedule, steps=steps, generator=generator,
+                                      clip_x0=clip_x0, device=device).cpu())
+        seconds = time.perf_counter() - start
+        row = {"s": s, "sampler": "ddim", "steps": steps, "clip_x0": clip_x0,
+               **quality(torch.cat(images), labels), "seconds": seconds, "seconds_per_image": seconds / n}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+CFG_SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)  # lesson 07, in the course's s (Ho & Salimans' w = s - 1)
+CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)  # lesson 06
+
+
 def main(argv=None):
     """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``.
 
     Every image row clips x0_hat (``clip_x0=True``, said explicitly; the library default is False), except
     the ``samplers_no_clip`` rows. ``--only PART`` re-measures one part and keeps the others of the file."""
     import argparse
-    import json
     import os
     import sys
 
-    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional")
+    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional", "cfg", "classifier_guidance")
     parser = argparse.ArgumentParser(description="Measure the shipped mnist-unet: DDIM vs ancestral, and guidance.")
     parser.add_argument("--n", type=int, default=500, help="samples per row of the sampler table")
     parser.add_argument("--n-slow", type=int, default=None,
@@ -272,10 +302,31 @@ def main(argv=None):
             # the short samplers without x0 clipping (Song et al. do not clip): does clipping decide the comparison?
             for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 10), ("ddpm", 20), ("ddpm", 50)]:
                 measure(part, args.n, row, clip_x0=False)
-        else:  # which digits does the unconditional mode (the null class) draw? about 10% each in the data
+        elif part == "unconditional":  # which digits does the null class draw? about 10% each in the data
             shares = unconditional_shares(unet.model, unet.schedule, args.n_shares, clip_x0=True, **kwargs)
             result[part] = {"n": args.n_shares, "sampler": "ddim", "steps": 50, "clip_x0": True, "shares": shares}
             print(json.dumps(result[part]))
+        elif part == "cfg":  # lesson 07: classifier-free guidance of mnist-unet
+            from .guidance import classifier_free
+
+            result[part] = guidance_sweep(lambda y, s: classifier_free(unet.model, y, s), CFG_SCALES,
+                                          args.n_guidance, unet.schedule, image_shape=unet.image_shape, clip_x0=True)
+        elif part == "classifier_guidance":  # lesson 06: the unconditional mode guided by the noise-aware classifier
+            from .guidance import classifier_guided, unconditional
+
+            classifier = pretrained.load("mnist-noisy-classifier").model
+            result[part] = guidance_sweep(
+                lambda y, s: classifier_guided(unconditional(unet.model), classifier, y, s, unet.schedule),
+                CLASSIFIER_SCALES, args.n_guidance, unet.schedule, image_shape=unet.image_shape, clip_x0=True)
+    # Re-read the file just before writing when only some parts were measured: another run may have added its
+    # own parts meanwhile (a sweep takes tens of minutes); keep them.
+    if args.only and os.path.exists(args.out):
+        with open(args.out) as f:
+            latest = json.load(f)
+        if latest.get("sha256") == result["sha256"]:
+            latest.setdefault("commands", {}).update(result["commands"])
+            latest.update({part: result[part] for part in todo})
+            result = latest
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
