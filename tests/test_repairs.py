@@ -280,3 +280,31 @@ def test_sampler_table_uses_the_given_shape_and_device_and_guides_through_s():
     assert seen[0][0] == (20, 1, 32, 32) and 10 not in seen[0][2]  # s = 1: one conditional pass
     assert set(rows[0]) >= {"accuracy", "fid", "fid_floor", "spread", "seconds", "s", "clip_x0"}
     assert rows[0]["clip_x0"] is False  # the course-wide default
+
+
+# ---------------------------------------------------------------- items 9, 10, 20: the learner's set-up
+
+
+def test_make_lab_serves_the_repository_root_with_passive_openmp_threads():
+    """`jupyter lab notebooks/01...` made notebooks/ the root, so exercises/ and solutions/ were unreachable."""
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "lab"], cwd=root, capture_output=True, text=True, check=True).stdout
+    line = dry.replace("\\\n", " ")  # the recipe is continued over two lines
+    assert f'--ServerApp.root_dir="{root}"' in line
+    assert f"{root}/notebooks/01_forward_process.ipynb" in line
+    assert "OMP_WAIT_POLICY=PASSIVE" in line
+
+
+def test_package_docs_point_only_to_what_ships():
+    import importlib
+    import re
+
+    import course_lib
+
+    assert "COURSE_DESIGN" not in course_lib.__doc__
+    for name in re.findall(r"``(\w+)``", course_lib.__doc__.split("Modules")[1]):
+        if name not in ("make_schedule", "load", "clip_x0", "model", "s"):
+            importlib.import_module(f"course_lib.{name}")  # every module the docstring names exists
