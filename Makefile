@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: env lab test test-unit test-notebooks exercises headers check clean distclean
+.PHONY: env lab test test-unit test-notebooks test-gpu exercises headers check clean distclean
 
 env: $(STAMP)
 
@@ -72,6 +72,20 @@ else
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		$(NOTEBOOK_DIRS)
 endif
+
+# The GPU check, for anyone with a CUDA GPU: the bench on the GPU, then every lesson and solution in
+# default mode (not COURSE_FAST) under nbval, one notebook at a time with its wall-clock time. Fails
+# without a GPU rather than silently measuring the CPU.
+GPU_NOTEBOOKS := $(sort $(NOTEBOOKS))
+test-gpu: $(STAMP)
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu: no CUDA GPU visible to torch')"
+	$(BIN)/python -m course_lib.bench --device cuda
+	@status=0; for nb in $(GPU_NOTEBOOKS); do \
+		start=$$(date +%s); \
+		$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+			-p no:cacheprovider $$nb > /tmp/test-gpu-$$(basename $$nb).log 2>&1 && result=passed || { result=FAILED; status=1; }; \
+		echo "$$nb: $$result in $$(( $$(date +%s) - start )) s (log: /tmp/test-gpu-$$(basename $$nb).log)"; \
+	done; exit $$status
 
 # Instructors: solutions/ is the source; exercises/ is generated from it.
 exercises: $(STAMP)
