@@ -328,7 +328,7 @@ def test_stale_exercises_reports_a_changed_solution(repo):
 
 
 def test_check_passes_on_a_clean_repo_and_flags_each_problem(repo):
-    write_exercises(repo)
+    assert authoring.main(["exercises", "--root", str(repo)]) == 0
     assert check(repo) == []
     assert authoring.main(["check", "--root", str(repo)]) == 0
 
@@ -358,6 +358,131 @@ def test_check_passes_on_a_clean_repo_and_flags_each_problem(repo):
 
 
 # ---------------------------------------------------------------------------
+# nbgrader metadata in solutions/
+# ---------------------------------------------------------------------------
+def graded_notebook():
+    """solution_notebook() plus two check cells (one worth 3 points) and a plain cell."""
+    nb = solution_notebook()
+    nb.cells.insert(2, new_code_cell("lesson03.check_posterior_mean(posterior_mean)", id="check-a"))
+    nb.cells.insert(4, new_code_cell("# points: 3\ncourse_lib.checks.lesson03.check_forward(Model)", id="check-b"))
+    nb.cells.append(new_code_cell("from course_lib.checks import lesson03\nprint('not a check')", id="plain"))
+    return nb
+
+
+def nbgrader_meta(nb, cell_id):
+    return cell(nb, cell_id).metadata.get("nbgrader")
+
+
+def test_stamp_nbgrader_marks_solution_answer_and_check_cells():
+    nb = authoring.stamp_nbgrader(graded_notebook(), "solutions/03_ddpm.ipynb")
+    base = {"schema_version": 3, "task": False}
+    assert nbgrader_meta(nb, "code-1") == {**base, "grade": False, "grade_id": "exercise-3-1",
+                                           "locked": False, "solution": True}
+    # A cell with two blocks (3.2 and 3.3) is one solution cell, named after its first block.
+    assert nbgrader_meta(nb, "code-2")["grade_id"] == "exercise-3-2"
+    assert nbgrader_meta(nb, "code-3")["grade_id"] == "exercise-3-4"
+    assert nbgrader_meta(nb, "check-a") == {**base, "grade": True, "grade_id": "check-3-1",
+                                            "locked": True, "points": 1, "solution": False}
+    assert nbgrader_meta(nb, "check-b")["grade_id"] == "check-3-3"  # the last block above it
+    assert nbgrader_meta(nb, "check-b")["points"] == 3
+    # Markdown answers: nbgrader requires them graded (a "manually graded answer").
+    assert nbgrader_meta(nb, "md-answer") == {**base, "grade": True, "grade_id": "answer-3-3",
+                                              "locked": False, "points": 1, "solution": True}
+    assert nbgrader_meta(nb, "md-whole")["grade_id"] == "answer-3-3-2"
+    for cell_id in ("title", "plain"):
+        assert nbgrader_meta(nb, cell_id) is None
+
+
+def test_stamp_nbgrader_is_deterministic_idempotent_and_drops_stale_metadata():
+    nb = graded_notebook()
+    cell(nb, "title").metadata["nbgrader"] = {"grade": True, "grade_id": "old", "points": 5}
+    once = authoring.stamp_nbgrader(nb, "03_ddpm.ipynb")
+    assert nbgrader_meta(once, "title") is None
+    twice = authoring.stamp_nbgrader(once, "03_ddpm.ipynb")
+    assert notebook_text(once) == notebook_text(twice)
+    assert notebook_text(once) == notebook_text(authoring.stamp_nbgrader(graded_notebook(), "03_ddpm.ipynb"))
+    assert "nbgrader" not in cell(graded_notebook(), "code-1").metadata  # input untouched
+    nbformat.validate(once)
+
+
+def test_stamped_metadata_passes_nbgraders_own_validator():
+    validator = pytest.importorskip("nbgrader.nbgraderformat").MetadataValidator()
+    nb = authoring.stamp_nbgrader(graded_notebook(), "03_ddpm.ipynb")
+    validator.validate_nb(nb)
+    for c in nb.cells:
+        validator.validate_cell(c)
+
+
+def test_exercises_carry_no_nbgrader_metadata():
+    stamped = authoring.stamp_nbgrader(graded_notebook(), "solutions/03_ddpm.ipynb")
+    ex = make_exercise(stamped, "solutions/03_ddpm.ipynb")
+    assert notebook_text(ex) == notebook_text(make_exercise(graded_notebook(), "solutions/03_ddpm.ipynb"))
+    assert all("nbgrader" not in c.metadata for c in ex.cells)
+
+
+def test_nbgrader_delimiter_outside_a_marker_line_is_refused():
+    # nbgrader finds "BEGIN SOLUTION" anywhere in a line; the course only on its own line.
+    nb = new_notebook(cells=[new_code_cell('print("### BEGIN SOLUTION here")')])
+    with pytest.raises(AuthoringError, match="outside a marker line"):
+        authoring.stamp_nbgrader(nb, "03_ddpm.ipynb")
+
+
+def test_nbgrader_source_links_its_badge_to_exercises():
+    nb = stamp_header(graded_notebook(), "solutions/03_ddpm.ipynb")
+    source = authoring.nbgrader_source(nb, "solutions/03_ddpm.ipynb")
+    assert has_header(source, "exercises/03_ddpm.ipynb")
+    assert nbgrader_meta(source, "check-a")["grade_id"] == "check-3-1"
+
+
+def test_solutions_metadata_staleness_and_stamping(repo):
+    path = repo / "solutions" / "03_ddpm.ipynb"
+    assert authoring.stale_solutions(repo) == [Path("solutions/03_ddpm.ipynb")]
+    write_exercises(repo)
+    assert "solutions/03_ddpm.ipynb: nbgrader cell metadata" in "\n".join(check(repo))
+    assert authoring.write_nbgrader_metadata(repo) == [Path("solutions/03_ddpm.ipynb")]
+    before = path.read_bytes()
+    assert authoring.write_nbgrader_metadata(repo) == [] and path.read_bytes() == before
+    assert authoring.stale_solutions(repo) == [] and check(repo) == []
+    # Stamping the solution does not change the generated exercise.
+    assert stale_exercises(repo) == []
+
+
+# ---------------------------------------------------------------------------
+# instructors/LESSONS.md
+# ---------------------------------------------------------------------------
+def test_objectives_and_run_time_are_read_from_the_lesson():
+    nb = new_notebook(cells=[
+        new_markdown_cell("# 07 · A lesson\n\nIntro.\n\n## Learning objectives\n\n- first thing;\n"
+                          "- second thing, over\n  two lines.\n\n*Run time:* about 2 minutes on a CPU."),
+        new_markdown_cell("## 3. Train\n\nSome text. **This cell takes 10 to 30 s on a 2-core CPU.** More."),
+    ])
+    assert authoring.lesson_objectives(nb) == ["first thing;", "second thing, over two lines."]
+    assert authoring.stated_run_time(nb) == "Run time: about 2 minutes on a CPU."
+    assert ("3. Train", "This cell takes 10 to 30 s on a 2-core CPU.") in authoring.timed_cells(nb)
+
+
+def test_instructor_tables_list_points_and_are_checked_when_instructors_exists(repo):
+    write_nb(repo / "notebooks" / "03_ddpm.ipynb", stamp_header(new_notebook(cells=[
+        new_markdown_cell("# 03 · DDPM\n\n## Learning objectives\n\n- sample by ancestral sampling")]),
+        "notebooks/03_ddpm.ipynb"))
+    text = authoring.instructor_tables(repo)
+    assert "| 03 | DDPM |" in text and "sample by ancestral sampling" in text
+    assert "| 3.1 | the posterior mean | `exercise-3-1` | 0 |" in text
+    assert "| 0 | 2 |" in text  # no check cells, two written answers of 1 point
+    assert authoring.main(["exercises", "--root", str(repo)]) == 0
+    assert not (repo / "instructors").exists() and check(repo) == []
+    (repo / "instructors").mkdir()
+    assert "instructors/LESSONS.md: out of date" in "\n".join(check(repo))
+    assert authoring.main(["exercises", "--root", str(repo)]) == 0
+    assert (repo / "instructors" / "LESSONS.md").read_text() == text and check(repo) == []
+
+
+def test_check_hints_are_read_from_the_checks():
+    hints = authoring.check_hints(REPO, 1, "check_alpha_bar_from_betas")
+    assert any(h.startswith("the product of the betas: multiply the alphas") for h in hints)
+
+
+# ---------------------------------------------------------------------------
 # Environment files agree
 # ---------------------------------------------------------------------------
 def requirement_name(requirement):
@@ -382,7 +507,10 @@ def environment_pip_lines():
         if len(line) - len(line.lstrip()) <= indent:
             break
         assert stripped.startswith("- "), line
-        entries.append(stripped[2:].strip().strip("'\""))
+        entry = stripped[2:].strip()
+        if len(entry) > 1 and entry[0] == entry[-1] and entry[0] in "'\"":
+            entry = entry[1:-1]  # a quoted entry; quotes inside (environment markers) stay
+        entries.append(entry)
     return entries
 
 
@@ -435,6 +563,14 @@ def test_every_notebook_in_the_repository_has_the_header():
 
 def test_committed_exercises_are_up_to_date():
     assert stale_exercises(REPO) == [], "run `make exercises`"
+
+
+def test_committed_solutions_carry_up_to_date_nbgrader_metadata():
+    assert authoring.stale_solutions(REPO) == [], "run `make exercises`"
+
+
+def test_committed_instructor_tables_are_up_to_date():
+    assert authoring.stale_instructor_tables(REPO) == [], "run `make exercises`"
 
 
 def test_repository_passes_the_authoring_check():
