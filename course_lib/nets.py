@@ -172,3 +172,67 @@ class Classifier(nn.Module):
 def count_parameters(model):
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class NoisyClassifier(nn.Module):
+    """A noise-aware classifier p_phi(y | x_t, t) for classifier guidance (Dhariwal & Nichol, 2021, Sec. 4):
+    ``forward(x_t, t) -> logits (B, num_classes)``.
+
+    It sees noisy images x_t and their integer timestep t (sinusoidal embedding -> MLP, added inside every
+    residual block as in :class:`UNet`). Normalisation is GroupNorm, never BatchNorm: guidance takes
+    grad_{x_t} log p(y | x_t) of each sample, which must depend on that sample alone, not on the batch.
+    The layout (32x32 -> 16x16 -> 8x8, widths ``channels``) is kept small so that it trains on one CPU
+    core in about a quarter of an hour.
+    """
+
+    def __init__(self, in_channels=1, num_classes=10, channels=(32, 64, 128), time_dim=32):
+        super().__init__()
+        self.in_channels, self.num_classes, self.channels = in_channels, num_classes, tuple(channels)
+        self.time_dim = time_dim
+        emb_dim = 4 * time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        c0, c1, c2 = channels
+        self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)  # 32x32
+        self.down1 = nn.Conv2d(c0, c0, 3, stride=2, padding=1)  # -> 16x16
+        self.block1 = ResBlock(c0, c1, emb_dim)
+        self.down2 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)  # -> 8x8
+        self.block2 = ResBlock(c1, c2, emb_dim)
+        self.block3 = ResBlock(c2, c2, emb_dim)
+        self.norm_out = nn.GroupNorm(8, c2)
+        self.head = nn.Linear(c2, num_classes)
+
+    def forward(self, x, t):
+        """x: (B, C, H, W) noisy images x_t, t: (B,) or scalar integer timesteps -> (B, num_classes) logits."""
+        B = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).expand(B)
+        emb = self.time_mlp(timestep_embedding(t, self.time_dim))  # (B, emb_dim)
+        h = self.down1(F.silu(self.conv_in(x)))  # (B, c0, 16, 16)
+        h = self.down2(self.block1(h, emb))  # (B, c1, 8, 8)
+        h = self.block3(self.block2(h, emb), emb)  # (B, c2, 8, 8)
+        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))  # (B, c2): global average pool
+        return self.head(h)
+
+
+class ConditionalMLPDenoiser(nn.Module):
+    """:class:`MLPDenoiser` with a class label: ``forward(x, t, y)`` -> eps for 2-D points, the label
+    embedded and concatenated with x_t and the time embedding. The extra label ``null_class = num_classes``
+    means "no label" (classifier-free guidance, lesson 07); ``y=None`` uses it."""
+
+    def __init__(self, num_classes, dim=2, hidden=128, layers=3, time_dim=32, class_dim=16):
+        super().__init__()
+        self.num_classes, self.null_class, self.time_dim = num_classes, num_classes, time_dim
+        self.class_emb = nn.Embedding(num_classes + 1, class_dim)
+        widths = [dim + time_dim + class_dim] + [hidden] * layers
+        mlp = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            mlp += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*mlp, nn.Linear(hidden, dim))
+
+    def forward(self, x, t, y=None):
+        B = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).expand(B)
+        y = torch.full((B,), self.null_class, device=x.device) if y is None else torch.as_tensor(y, device=x.device).expand(B)
+        if (y < 0).any() or (y > self.null_class).any():
+            raise ValueError(f"labels must be in 0..{self.null_class} ({self.null_class} = no label), got {y.unique().tolist()}")
+        h = torch.cat([x, timestep_embedding(t, self.time_dim), self.class_emb(y.long())], dim=-1)  # (B, dim + time + class)
+        return self.net(h)  # (B, dim)

@@ -90,6 +90,9 @@ def _build(entry):
     from .nets import Classifier, UNet
 
     kinds = {"unet": UNet, "classifier": Classifier}
+    from .nets import NoisyClassifier
+
+    kinds["noisy-classifier"] = NoisyClassifier
     if entry["kind"] not in kinds:
         raise ValueError(f"manifest names an unknown model kind {entry['kind']!r}; known: {', '.join(kinds)}")
     return kinds[entry["kind"]](**entry["config"])

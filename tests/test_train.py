@@ -285,7 +285,7 @@ def test_channels_last_needs_images():
 
 
 def test_recipes_are_still_there():
-    assert set(train.RECIPES) == {"mnist-unet", "mnist-classifier"}
+    assert set(train.RECIPES) == {"mnist-unet", "mnist-classifier", "mnist-noisy-classifier"}
     with pytest.raises(SystemExit):
         train.main(["--help"])
 
