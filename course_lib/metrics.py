@@ -121,6 +121,20 @@ def fid_floor(n):
     return classifier_fid(_reference()[1][:n])
 
 
+@lru_cache(maxsize=None)
+def fid_noise(n):
+    """The run-to-run standard deviation of classifier-FID at ``n`` class-balanced samples, measured on real digits:
+    the spread of :func:`classifier_fid` over the disjoint ``n``-digit slices of the floor's pool (1,250 digits, so
+    2 <= n <= 625). Two FIDs measured at this n differ by about sqrt(2) times this from sampling alone, so a
+    difference below ~2 sqrt(2) fid_noise(n) is not evidence of anything."""
+    if not isinstance(n, int) or not 2 <= n <= 5 * REFERENCE_PER_CLASS:
+        raise ValueError(f"n must be an int in 2..625 (at least two disjoint slices of the 1,250-digit pool), got {n!r}")
+    pool = _reference()[1]
+    k = len(pool) // n
+    fids = torch.tensor([classifier_fid(pool[i * n:(i + 1) * n]) for i in range(k)])  # each slice class-balanced
+    return fids.std().item()
+
+
 def balanced_labels(n, num_classes=10):
     """Labels 0, 1, ..., 9, 0, 1, ... for ``n`` samples: the same number of each class (give or take one)."""
     return torch.arange(n) % num_classes
@@ -277,9 +291,13 @@ def main(argv=None):
             result = json.load(f)
         if result.get("sha256") != unet.info["sha256"]:
             raise ValueError(f"{args.out} was measured on another mnist-unet (sha256 differs): re-measure all parts")
-    result.update({"model": "mnist-unet", "sha256": unet.info["sha256"],
-                   "hardware": f"CPU ({torch.get_num_threads()} threads)"})
+    threads = torch.get_num_threads()
+    hardware = f"CPU ({threads} thread{'s' if threads > 1 else ''})"
+    result.update({"model": "mnist-unet", "sha256": unet.info["sha256"]})
+    if not args.only:
+        result["hardware"] = hardware
     result.setdefault("commands", {})
+    result.setdefault("hardware_by_part", {})
     kwargs = {"image_shape": unet.image_shape, "null_class": unet.null_class}
 
     def measure(key, n, row, **options):
@@ -291,6 +309,7 @@ def main(argv=None):
     for part in todo:
         result[part] = []
         result["commands"][part] = command
+        result["hardware_by_part"][part] = hardware
         if part == "guidance":
             for s in (1.0, 3.0):
                 measure(part, args.n_guidance, ("ddim", 50), s=s, clip_x0=True)
@@ -315,8 +334,13 @@ def main(argv=None):
             from .guidance import classifier_guided, unconditional
 
             classifier = pretrained.load("mnist-noisy-classifier").model
+
+            def guided(y, s):  # s = 0 is the unconditional model itself: no classifier pass (its s/image is the baseline)
+                base = unconditional(unet.model)
+                return base if s == 0 else classifier_guided(base, classifier, y, s, unet.schedule)
+
             result[part] = guidance_sweep(
-                lambda y, s: classifier_guided(unconditional(unet.model), classifier, y, s, unet.schedule),
+                guided,
                 CLASSIFIER_SCALES, args.n_guidance, unet.schedule, image_shape=unet.image_shape, clip_x0=True)
     # Re-read the file just before writing when only some parts were measured: another run may have added its
     # own parts meanwhile (a sweep takes tens of minutes); keep them.
@@ -325,6 +349,7 @@ def main(argv=None):
             latest = json.load(f)
         if latest.get("sha256") == result["sha256"]:
             latest.setdefault("commands", {}).update(result["commands"])
+            latest.setdefault("hardware_by_part", {}).update(result["hardware_by_part"])
             latest.update({part: result[part] for part in todo})
             result = latest
     with open(args.out, "w") as f:
