@@ -190,7 +190,7 @@ def cfg_pair(net, x_t, t, y, null_class=None):
 
 
 def rescale_guidance(eps_cfg, eps_cond, phi):
-    """Guidance rescale (Lin et al., 2024, Sec. 3.4, eqs. 15-18 and their Algorithm 2):
+    """Guidance rescale (Lin et al., 2024, Sec. 3.4 and their Algorithm 2):
 
         sigma_pos = std(eps_cond),  sigma_cfg = std(eps_cfg)       (each image on its own)
         eps_rescaled = eps_cfg * sigma_pos / sigma_cfg
@@ -213,29 +213,42 @@ def rescale_guidance(eps_cfg, eps_cond, phi):
 
 class RescaledClassifierFree(ClassifierFree):
     """Classifier-free guidance with guidance rescale (Lin et al., 2024, Sec. 3.4; :func:`rescale_guidance`):
-    the guided eps of :class:`ClassifierFree` (scale ``s``), its per-image std pulled back towards that of
-    the conditional eps by the fraction ``phi``. At s = 1 it is the conditional model (one pass)."""
+    the guided prediction of :class:`ClassifierFree` (scale ``s``), its per-image std pulled back towards that
+    of the conditional prediction by the fraction ``phi``. At s = 1 it is the conditional model (one pass).
 
-    def __init__(self, net, y, s, phi=0.7, null_class=None):
+    Which prediction: without ``schedule``, eps (as diffusers' ``guidance_rescale``); with ``schedule``, the
+    predicted clean image x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) is rescaled and turned
+    back into eps. Lin et al.'s network predicts v, which is close to -x0 at high noise and to eps at low noise."""
+
+    def __init__(self, net, y, s, phi=0.7, null_class=None, schedule=None):
         super().__init__(net, y, s, null_class)
         self.phi = _finite("phi", phi)
         if not 0.0 <= self.phi <= 1.0:
             raise ValueError(f"phi is a mixing weight in [0, 1], got {phi}")
+        self.schedule = schedule
 
     def __call__(self, x_t, t):
-        if self.s == 1.0:  # eps_cfg = eps_cond: nothing to rescale
+        if self.s == 1.0:  # the guided prediction is the conditional one: nothing to rescale
             return super().__call__(x_t, t)
         eps_cond, eps_uncond = cfg_pair(self.net, x_t, t, self.y, self.null_class)
-        return rescale_guidance(eps_uncond + self.s * (eps_cond - eps_uncond), eps_cond, self.phi)
+        eps_cfg = eps_uncond + self.s * (eps_cond - eps_uncond)
+        if self.schedule is None:
+            return rescale_guidance(eps_cfg, eps_cond, self.phi)
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        alpha_bar = at(self.schedule.alpha_bars.to(x_t.device), t, x_t)  # (B, 1, ..., 1)
+        x0_cond = (x_t - (1 - alpha_bar).sqrt() * eps_cond) / alpha_bar.sqrt()
+        x0_cfg = (x_t - (1 - alpha_bar).sqrt() * eps_cfg) / alpha_bar.sqrt()
+        x0 = rescale_guidance(x0_cfg, x0_cond, self.phi)
+        return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()  # back to eps
 
 
-def rescaled_classifier_free(net, y, s, phi=0.7, null_class=None):
+def rescaled_classifier_free(net, y, s, phi=0.7, null_class=None, schedule=None):
     """Return the rescaled classifier-free guided model callable; see :class:`RescaledClassifierFree`."""
-    return RescaledClassifierFree(net, y, s, phi, null_class)
+    return RescaledClassifierFree(net, y, s, phi, null_class, schedule)
 
 
 class IntervalClassifierFree(ClassifierFree):
-    """Classifier-free guidance on an interval of noise levels only (Kynkaanniemi et al., 2024, eq. 7):
+    """Classifier-free guidance on an interval of noise levels only (Kynkaanniemi et al., 2024):
     scale ``s`` where sigma_lo < sigma_t <= sigma_hi, the plain conditional model (s = 1, one pass)
     elsewhere. sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) is the noise level of x_t / sqrt(alpha_bar_t)
     (EDM's sigma, Karras et al., 2022), so the interval is given in the paper's units. Outside the
