@@ -263,3 +263,72 @@ def langevin_explorer(mixture, n=1000, generator_seed=0, step_size=0.1, n_steps=
     update()
     box_w.children = [W.HBox([box_w.step_size, box_w.n_steps, box_w.annealed]), box_w.readout, box_w.out]
     return box_w
+
+
+def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generator_seed=0, null_class=None,
+                 clip_x0=True, s_max=8.0, s_step=0.25):
+    """Lesson 07. A slider over the classifier-free guidance scale s, in the course's convention
+    eps_u + s (eps_c - eps_u) (s = 0 unconditional, s = 1 plain conditional; Ho & Salimans' w = s - 1),
+    over one fixed noise batch: DDIM-``steps`` (eta = 0) samples of the class-conditional ``net(x, t, y)``
+    towards ``labels`` (B,), from the same x_T at every s. The evaluation classifier of
+    :mod:`course_lib.metrics` says how many come out as the digit asked for. With ``measured`` (rows with
+    ``"s"``, ``"accuracy"`` and ``"spread"``, e.g. ``quality.json["cfg"]``) the measured curves are drawn
+    beside the samples, with a marker at the current s.
+
+    Attributes: ``s`` (the slider), ``x_T``, ``labels``, ``n_steps``, ``samples`` (the last samples),
+    ``predicted`` (their labels by the evaluation classifier), ``correct`` (how many equal ``labels``),
+    ``seconds`` (the sampling time), ``readout``.
+    """
+    from .guidance import classifier_free, ho_w_from_s
+    from .metrics import predict_labels
+
+    labels = torch.as_tensor(labels).long()
+    box = W.VBox()
+    box.labels, box.n_steps = labels, steps
+    shape = (len(labels), *getattr(net, "image_shape", (1, 32, 32)))
+    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
+    box.s = W.FloatSlider(value=s, min=0.0, max=s_max, step=s_step, description="s", readout_format=".2f",
+                          continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+    rows = sorted(measured, key=lambda r: r["s"]) if measured else None
+
+    def update(change=None):
+        s_now = box.s.value
+        start = time.perf_counter()
+        with torch.no_grad():
+            box.samples = ddim_sample(classifier_free(net, labels, s_now, null_class), shape, schedule, steps=steps,
+                                      x_T=box.x_T, clip_x0=clip_x0)
+        box.seconds = time.perf_counter() - start
+        box.predicted = predict_labels(box.samples)
+        box.correct = int((box.predicted == labels).sum())
+        wrong = [f"{a}&rarr;{b}" for a, b in zip(labels.tolist(), box.predicted.tolist()) if a != b]
+        box.readout.value = (f"s = {s_now:.2f} (Ho &amp; Salimans' w = {ho_w_from_s(s_now):.2f}): <b>{box.correct} of "
+                             f"{len(labels)}</b> digits classified as asked"
+                             + (f" (wrong: {', '.join(wrong)})" if wrong else " (all right)")
+                             + f"; DDIM-{steps}, same x_T every time, {box.seconds:.1f} s")
+        ncols = 2 if rows else 1
+        fig, axes = plt.subplots(1, ncols, figsize=(11 if rows else 7, 2.9), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1.5, 1] if rows else [1]})
+        plotting.show_images(box.samples.clamp(-1, 1), nrow=min(len(labels), 10), ax=axes[0, 0],
+                             title=f"s = {s_now:.2f}: {box.correct}/{len(labels)} as asked")
+        if rows:
+            ax = axes[0, 1]
+            xs = [r["s"] for r in rows]
+            ax.plot(xs, [100 * r["accuracy"] for r in rows], "o-", color="tab:blue", label="accuracy (%)")
+            ax.set(xlabel="s", ylabel="class accuracy (%)", title="measured curve; red: current s")
+            ax2 = ax.twinx()
+            ax2.plot(xs, [r["spread"] for r in rows], "s--", color="tab:orange", label="within-class spread")
+            ax2.set_ylabel("within-class spread")
+            ax.axvline(s_now, color="tab:red")
+            ax.plot([s_now], [100 * box.correct / len(labels)], "*", color="tab:red", ms=12, label="this batch")
+            handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+            ax.legend(handles=handles, fontsize=7, loc="center right")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _redraw(box.out, fig)
+
+    box.s.observe(update, names="value")
+    update()
+    box.children = [box.s, box.readout, box.out]
+    return box
