@@ -332,3 +332,69 @@ def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generato
     update()
     box.children = [box.s, box.readout, box.out]
     return box
+
+
+def classifier_guidance_explorer(net, classifier, schedule, scales=(0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0),
+                                 per_class=2, steps=25, generator_seed=0, value=1.0, clip_x0=True, null_class=None,
+                                 image_shape=(1, 32, 32)):
+    """Lesson 06. A guidance-scale slider for classifier guidance (eps form, Dhariwal & Nichol, 2021,
+    Algorithm 2) of the unconditional mode of ``net`` (its null class) by the noise-aware ``classifier``,
+    over one fixed noise batch: ``per_class`` samples of each digit 0..9 (DDIM-``steps``, eta 0).
+
+    The readout gives the class accuracy by the **evaluation** classifier of :mod:`course_lib.metrics`
+    (never the guiding one), how many of the ten digits have all their samples right, and the within-class
+    spread (:func:`~course_lib.metrics.within_class_spread`, a diversity measure) of the batch.
+
+    Attributes: ``scale`` (the slider), ``labels`` (the asked-for digits), ``x_T`` (the fixed noise),
+    ``samples``, ``accuracy``, ``digits_right`` (digits with every sample right), ``all_right``, ``spread``,
+    ``seconds`` of the current scale; ``evaluate(s)`` returns (and caches) that dict for any scale.
+    """
+    from . import metrics
+    from .guidance import classifier_guided, unconditional
+
+    if per_class < 2:
+        raise ValueError(f"per_class must be >= 2 (the diversity readout needs two samples of a digit), got {per_class}")
+    box = W.VBox()
+    box.labels = torch.arange(10).repeat(per_class)  # (10 * per_class,): 0..9, 0..9, ...
+    shape = (len(box.labels), *image_shape)
+    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
+    box.scale = W.SelectionSlider(options=[float(s) for s in scales], value=float(value), description="scale s",
+                                  continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+    box.cache = {}
+    base = unconditional(net, null_class)
+
+    def evaluate(s):
+        s = float(s)
+        if s not in box.cache:
+            start = time.perf_counter()
+            model = classifier_guided(base, classifier, box.labels, s, schedule)
+            samples = ddim_sample(model, shape, schedule, steps=steps, x_T=box.x_T, clip_x0=clip_x0)
+            seconds = time.perf_counter() - start
+            right = metrics.predict_labels(samples) == box.labels  # (N,)
+            digits_right = int(right.reshape(per_class, 10).all(0).sum())
+            box.cache[s] = {"samples": samples, "accuracy": right.float().mean().item(), "digits_right": digits_right,
+                            "all_right": bool(right.all()), "spread": metrics.within_class_spread(samples, box.labels),
+                            "seconds": seconds}
+        return box.cache[s]
+
+    box.evaluate = evaluate
+
+    def update(change=None):
+        r = evaluate(box.scale.value)
+        for key, v in r.items():
+            setattr(box, key, v)
+        box.readout.value = (f"s = {box.scale.value:g}, DDIM-{steps}, {len(box.labels)} samples ({per_class} per digit, "
+                             f"same noise at every s): accuracy <b>{r['accuracy']:.0%}</b> (evaluation classifier); "
+                             f"digits with every sample right: <b>{r['digits_right']}/10</b>; "
+                             f"within-class spread {r['spread']:.1f}; {r['seconds']:.1f} s")
+        fig, ax = plt.subplots(figsize=(9.0, 0.95 * per_class))
+        plotting.show_images(r["samples"], nrow=10, ax=ax)
+        ax.set_title(f"classifier guidance, s = {box.scale.value:g} (columns: digits 0-9)", fontsize=9)
+        _redraw(box.out, fig)
+
+    box.scale.observe(update, names="value")
+    update()
+    box.children = [box.scale, box.readout, box.out]
+    return box
