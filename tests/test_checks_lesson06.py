@@ -199,3 +199,24 @@ def test_widget_question():
 def test_stubs_propagate_not_implemented(check):
     with pytest.raises(NotImplementedError):
         check(_stub)
+
+
+class _CountWidget(_FakeWidget):
+    def __init__(self, counts):
+        self.scale = type("S", (), {"options": tuple(counts)})()
+        self._c = counts
+
+    def evaluate(self, s):
+        return {"all_right": self._c[s] == 10, "digits_right": self._c[s], "accuracy": self._c[s] / 10, "spread": 5.0}
+
+
+def test_widget_question_most_digits_right(capsys):
+    w = _CountWidget({0.0: 1, 1.0: 4, 2.0: 7, 5.0: 7, 10.0: 6})
+    lesson06.check_most_digits_right(2.0, w)
+    assert "✅ Exercise 6.4 passed" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="reaches 7/10"):
+        lesson06.check_most_digits_right(10.0, w)
+    with pytest.raises(ExerciseError, match="SMALLEST"):
+        lesson06.check_most_digits_right(5.0, w)
+    with pytest.raises(ExerciseError, match="one of the slider's scales"):
+        lesson06.check_most_digits_right(3.0, w)

@@ -317,3 +317,38 @@ def check_smallest_all_right(answer, widget):
     passed(ex, f"s = {answer:g} is the smallest scale on the slider with all ten digits right "
                f"(accuracy {r['accuracy']:.0%}); within-class spread {r['spread']:.1f} there against "
                f"{base['spread']:.1f} at s = {options[0]:g}.")
+
+
+def most_digits_right(widget):
+    """The smallest slider scale with the most digits whose every sample is right, and that count."""
+    counts = [(widget.evaluate(s)["digits_right"], -s) for s in widget.scale.options]
+    best, neg_s = max(counts)
+    return -neg_s, best
+
+
+def check_most_digits_right(answer, widget):
+    """Widget exercise: ``answer`` should be the smallest scale s on the slider of
+    :func:`course_lib.widgets.classifier_guidance_explorer` at which the readout "digits with every sample right"
+    is highest."""
+    ex = "6.4"
+    options = list(widget.scale.options)
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)) or float(answer) not in options:
+        fail(ex, f"answer should be one of the slider's scales {options}, got {answer!r}",
+             "read the scale s off the slider where 'digits with every sample right' is highest")
+    expected, best = most_digits_right(widget)
+    answer = float(answer)
+    r = widget.evaluate(answer)
+    if r["digits_right"] < best:
+        better = [s for s in options if widget.evaluate(s)["digits_right"] == best]
+        fail(ex, f"at s = {answer:g} {r['digits_right']}/10 digits have every sample right, but the slider reaches "
+                 f"{best}/10", f"visit every notch: the best count is reached at s = {', '.join(f'{s:g}' for s in better)}")
+    if answer > expected:
+        fail(ex, f"s = {answer:g} reaches {best}/10, but so does the smaller s = {expected:g}",
+             "you are asked for the SMALLEST scale with the best count: move the slider down notch by notch")
+    base = widget.evaluate(options[0])
+    passed(ex, f"s = {answer:g} is the smallest scale with the most digits right ({best}/10, accuracy "
+               f"{r['accuracy']:.0%}); within-class spread {r['spread']:.1f} there against {base['spread']:.1f} at "
+               f"s = {options[0]:g}. " + ("Past it, a larger scale buys no more right digits, only less diversity."
+                                          if answer < max(options) else
+                                          "It is the largest scale on the slider: more right digits would need an "
+                                          "even larger scale, at even less diversity."))
