@@ -146,7 +146,7 @@ def trajectory_scrubber(states, timesteps, x0_hats=None):
 
 
 def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0, clip_x0=False, reference_steps=None,
-                  threshold=None):
+                  threshold=None, device="cpu"):
     """Lesson 04. Sliders for DDIM steps and eta; samples ``shape`` images from the same starting
     noise (``clip_x0`` as in :func:`~course_lib.samplers.ddim_step`) and reports the measured wall-clock time.
 
@@ -156,9 +156,10 @@ def ddim_explorer(model, schedule, shape, generator_seed=0, steps=20, eta=0.0, c
 
     Attributes: ``steps``, ``eta`` (sliders), ``samples`` (the last samples), ``seconds`` (their time),
     ``diff`` (the difference to the reference, with ``reference_steps``).
+    ``device``: where the model runs; the noise is drawn on the CPU (the same on every machine) and moved there.
     """
     box = W.VBox()
-    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
+    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed)).to(device)
     box.steps = W.IntSlider(value=steps, min=1, max=200, description="steps", continuous_update=False)
     box.eta = W.FloatSlider(value=eta, min=0.0, max=1.0, step=0.1, description="eta", continuous_update=False)
     box.readout = W.HTML()
