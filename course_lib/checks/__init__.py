@@ -45,3 +45,24 @@ def expect_close(exercise, value, expected, hint, name="your result", atol=1e-5,
         k = int(err.flatten().argmax())
         fail(exercise, f"{name} is off: at index {k} expected {expected_t.flatten()[k].item():.6g}, "
                        f"got {value_t.flatten()[k].item():.6g} (largest error {err.max().item():.3g})", hint)
+
+
+def _close(a, b, atol=1e-4, rtol=1e-4):
+    return (isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.isfinite(a).all())
+            and torch.allclose(a.detach().double(), b.detach().double(), atol=atol, rtol=rtol))
+
+
+def diagnose(ex, value, expected, mistakes, name, hint):
+    """Pass silently if ``value`` matches ``expected``; else fail, naming the first matching mistake.
+
+    ``mistakes``: ``(wrong_value, hint)`` pairs, the results of plausible wrong implementations; a value that
+    matches one of them gets that mistake's hint, any other wrong value gets ``hint`` and the largest error."""
+    if _close(value, expected):
+        return
+    for wrong, mistake_hint in mistakes:
+        if _close(value, wrong):
+            fail(ex, f"{name} is not right: it matches a common mistake", mistake_hint)
+    err = (value.detach().double() - expected.double()).abs()
+    k = int(err.flatten().nan_to_num(float("inf")).argmax())
+    fail(ex, f"{name} is off: at index {k} expected {expected.flatten()[k].item():.6g}, "
+             f"got {value.detach().flatten()[k].item():.6g}", hint)

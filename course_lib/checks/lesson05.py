@@ -14,25 +14,7 @@ import torch
 
 from ..schedules import make_schedule
 from ..score import GaussianMixture, annealed_langevin, exact_eps, langevin, mode_weights, ode_sigmas
-from . import expect_tensor, fail, passed
-
-
-def _close(a, b, atol=1e-4, rtol=1e-4):
-    return (isinstance(a, torch.Tensor) and a.shape == b.shape and torch.isfinite(a).all()
-            and torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol))
-
-
-def _diagnose(ex, value, expected, mistakes, name, hint):
-    """Pass silently if ``value`` matches ``expected``; else fail, naming the first matching mistake."""
-    if _close(value, expected):
-        return
-    for wrong, mistake_hint in mistakes:
-        if _close(value, wrong):
-            fail(ex, f"{name} is not right: it matches a common mistake", mistake_hint)
-    err = (value.double() - expected.double()).abs()
-    k = int(err.flatten().nan_to_num(float("inf")).argmax())
-    fail(ex, f"{name} is off: at index {k} expected {expected.flatten()[k].item():.6g}, "
-             f"got {value.flatten()[k].item():.6g}", hint)
+from . import _close, diagnose, expect_tensor, fail, passed
 
 
 def _toy():
@@ -86,7 +68,7 @@ def check_mixture_score(mixture_score_fn):
         out = mixture_score_fn(x, means, stds, weights)
         expect_tensor(ex, out, (20, D), f"mixture_score on (20, {D}) points")
         good, mistakes = _score_variants(x, means, stds, weights)
-        _diagnose(ex, out, good, mistakes, f"mixture_score (K = {K}, D = {D})", hint)
+        diagnose(ex, out, good, mistakes, f"mixture_score (K = {K}, D = {D})", hint)
         # the same as autograd of log p
         xg = x.clone().requires_grad_(True)
         GaussianMixture(means, stds, weights).log_prob(xg).sum().backward()
@@ -102,7 +84,7 @@ def check_mixture_score(mixture_score_fn):
         fail(ex, "at points far from the data, e.g. (40, 40), your score is NaN or inf",
              "exp(-|x - mu|^2 / (2 s^2)) underflows to 0 there and 0 / 0 = NaN: compute the responsibilities "
              "in log space (torch.softmax of log w_k + log N_k)")
-    _diagnose(ex, out, _score_variants(far, means, stds, weights)[0], [], "mixture_score far from the data", hint)
+    diagnose(ex, out, _score_variants(far, means, stds, weights)[0], [], "mixture_score far from the data", hint)
     passed(ex, "your score matches the closed form and autograd in 1, 2 and 3 dimensions, also far from the data.")
 
 
@@ -143,7 +125,7 @@ def check_mixture_eps(mixture_eps_fn):
             ab_prev = ab_all[t - 1].item()
             mistakes.append((-math.sqrt(1 - ab_prev) * mix.noised(ab_prev).score(x_t),
                              "wrong sigma at t: an off-by-one, alpha_bar_{t-1} instead of alpha_bar_t = schedule.alpha_bars[t]"))
-        _diagnose(ex, out, good, mistakes, f"eps at t = {t}", hint)
+        diagnose(ex, out, good, mistakes, f"eps at t = {t}", hint)
     passed(ex, "your eps is the exact E[eps | x_t] of the noised mixture at t = 0, 50, 300 and 999.")
 
 
@@ -329,7 +311,7 @@ def check_heun_step(heun_step_fn):
             fail(ex, f"heun_step(t={t}, t_next={t_next}) called the model once", wrongs[0][1])
         if t_next < 0 and n_calls == 2:
             fail(ex, f"heun_step(t={t}, t_next=-1) called the model twice", wrongs[1][1])
-        _diagnose(ex, out, good, wrongs, f"heun_step(t={t}, t_next={t_next})", hint)
+        diagnose(ex, out, good, wrongs, f"heun_step(t={t}, t_next={t_next})", hint)
         if n_calls != (2 if t_next >= 0 else 1):
             fail(ex, f"heun_step(t={t}, t_next={t_next}) called the model {n_calls} times",
                  "Heun's step costs 2 network evaluations, the last step (to t_next = -1) 1")

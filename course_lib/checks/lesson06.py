@@ -18,25 +18,7 @@ from ..guidance import classifier_log_prob_grad, classifier_mean_shift_sample, d
 from ..samplers import ddim_timesteps, ddpm_step
 from ..schedules import make_schedule
 from ..score import GaussianMixture, exact_eps
-from . import expect_tensor, fail, passed
-
-
-def _close(a, b, atol=1e-4, rtol=1e-4):
-    return (isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.isfinite(a).all())
-            and torch.allclose(a.detach().double(), b.detach().double(), atol=atol, rtol=rtol))
-
-
-def _diagnose(ex, value, expected, mistakes, name, hint):
-    """Pass silently if ``value`` matches ``expected``; else fail, naming the first matching mistake."""
-    if _close(value, expected):
-        return
-    for wrong, mistake_hint in mistakes:
-        if _close(value, wrong):
-            fail(ex, f"{name} is not right: it matches a common mistake", mistake_hint)
-    err = (value.detach().double() - expected.double()).abs()
-    k = int(err.flatten().nan_to_num(float("inf")).argmax())
-    fail(ex, f"{name} is off: at index {k} expected {expected.flatten()[k].item():.6g}, "
-             f"got {value.detach().flatten()[k].item():.6g}", hint)
+from . import _close, diagnose, expect_tensor, fail, passed
 
 
 def _expect_detached(ex, value, name):
@@ -112,7 +94,7 @@ def check_grad_log_p(grad_log_p_fn):
                  "differentiate with respect to a copy: x = x_t.detach().requires_grad_(True)")
         _expect_detached(ex, value, "grad")
         good, mistakes = _grad_variants(classifier, x, t, y)
-        _diagnose(ex, value, good, mistakes, f"grad log p(y | x_t) at t = {t}", hint)
+        diagnose(ex, value, good, mistakes, f"grad log p(y | x_t) at t = {t}", hint)
     # the closed form: class score minus mixture score (Bayes' rule on scores)
     ab = schedule.alpha_bars[400].item()
     noised = mix.noised(ab)
@@ -120,7 +102,7 @@ def check_grad_log_p(grad_log_p_fn):
     class_score = (math.sqrt(ab) * mix.means[y] - x.double()) / var[:, None]
     closed = class_score - noised.score(x.double())
     value = grad_log_p_fn(classifier, x.double(), 400, y)
-    _diagnose(ex, value, closed, [], "grad log p(y | x_t) against Bayes' rule", hint)
+    diagnose(ex, value, closed, [], "grad log p(y | x_t) against Bayes' rule", hint)
     # images (B, C, H, W) and a batch of different timesteps
     torch.manual_seed(0)
     net = _TinyImageClassifier()
@@ -128,7 +110,7 @@ def check_grad_log_p(grad_log_p_fn):
     ts, ys = torch.tensor([0, 100, 200, 500, 800, 999]), torch.tensor([0, 1, 2, 3, 4, 5])
     value = grad_log_p_fn(net, imgs, ts, ys)
     expect_tensor(ex, value, imgs.shape, "grad for a batch of images")
-    _diagnose(ex, value, classifier_log_prob_grad(net, imgs, ts, ys), [], "grad for (B, C, H, W) images", hint)
+    diagnose(ex, value, classifier_log_prob_grad(net, imgs, ts, ys), [], "grad for (B, C, H, W) images", hint)
     passed(ex, "grad log p(y | x_t) by autograd; on the exact mixture classifier it equals the class's score minus "
                "the mixture's score, grad log p(x_t | y) - grad log p(x_t) (Bayes' rule on scores).")
 
@@ -197,14 +179,14 @@ def check_guided_eps(guided_eps_fn):
         expect_tensor(ex, value, x.shape, "eps_guided")
         _expect_detached(ex, value, "eps_guided")
         good, mistakes = _eps_variants(model, classifier, x, t, y, s, schedule)
-        _diagnose(ex, value, good, mistakes, f"eps_guided at t = {t}, s = {s}", hint)
+        diagnose(ex, value, good, mistakes, f"eps_guided at t = {t}, s = {s}", hint)
     # s = 1 with the exact classifier is the exact class-conditional eps: -sqrt(1 - ab) grad log p(x_t | y)
     t = 300
     ab = schedule.alpha_bars.double()[t].item()
     var = ab * mix.stds[y] ** 2 + 1 - ab
     cond = -math.sqrt(1 - ab) * (math.sqrt(ab) * mix.means[y] - x.double()) / var[:, None]
     value = guided_eps_fn(model, classifier, x.clone(), t, y, 1.0, schedule)
-    _diagnose(ex, value, cond, [], "eps_guided at s = 1 against the exact class-conditional eps", hint)
+    diagnose(ex, value, cond, [], "eps_guided at s = 1 against the exact class-conditional eps", hint)
     passed(ex, "the guided eps; at s = 1 with an exact classifier it IS the class-conditional model's eps, "
                "-sqrt(1 - alpha_bar_t) grad log p(x_t | y).")
 
@@ -271,7 +253,7 @@ def check_mean_shift_sample(mean_shift_sample_fn):
          "the gradient was taken at the new point x_prev after the step; Algorithm 1 shifts the mean of the step by "
          "the gradient at x_t, the point the step starts from"),
     ]
-    _diagnose(ex, value, good, mistakes, "x_0 of the mean-shift sampler", hint)
+    diagnose(ex, value, good, mistakes, "x_0 of the mean-shift sampler", hint)
     accuracy = (mix.responsibilities(value.double()).argmax(1) == y).float().mean().item()
     passed(ex, f"the same samples as guidance.classifier_mean_shift_sample; {accuracy:.0%} of them land in their "
                f"class's blob at s = {s:g}.")
