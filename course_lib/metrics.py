@@ -163,10 +163,13 @@ def class_shares(images, num_classes=10, classifier=None):
 
 
 def quality(images, labels):
-    """Class accuracy, classifier-FID with its floor, and within-class spread of class-balanced ``images``."""
+    """Class accuracy, classifier-FID with its floor, and within-class spread of class-balanced ``images``.
+    The spread needs two samples of a class; with fewer (n < 20 here) it is reported as None, not as a number."""
     n = len(images)
+    labels = torch.as_tensor(labels).cpu()
+    enough = bool((torch.bincount(labels) >= 2).any())
     return {"n": n, "accuracy": class_accuracy(images, labels), "fid": classifier_fid(images),
-            "fid_floor": fid_floor(n), "spread": within_class_spread(images, labels)}
+            "fid_floor": fid_floor(n), "spread": within_class_spread(images, labels) if enough else None}
 
 
 def sampler_quality(sample_fn, n, batch=250, seed=0):

