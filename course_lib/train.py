@@ -93,16 +93,21 @@ def diffusion_loss(schedule, label_dropout=0.0, null_class=None):
     return loss_fn
 
 
+def _random_shift(x, augment_shift, generator):
+    """Roll a batch of (B, C, H, W) images by one random shift of up to ``augment_shift`` pixels in each direction;
+    the shift is drawn on the generator's device (whatever the images' device) and read as Python ints."""
+    if not augment_shift:
+        return x
+    dx, dy = _draw(torch.randint, -augment_shift, augment_shift + 1, (2,), generator=generator, device="cpu").tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
 def classifier_loss(augment_shift=2):
     """Cross-entropy on clean images, with random shifts of up to ``augment_shift`` pixels."""
 
     def loss_fn(model, batch, generator):
         x, y = batch
-        if augment_shift:
-            # drawn on the generator's device (whatever the images' device), then read as Python ints
-            dx, dy = _draw(torch.randint, -augment_shift, augment_shift + 1, (2,), generator=generator,
-                           device="cpu").tolist()
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        x = _random_shift(x, augment_shift, generator)
         return F.cross_entropy(model(x).float(), y)
 
     return loss_fn
@@ -121,10 +126,7 @@ def noisy_classifier_loss(schedule, augment_shift=2):
 
     def loss_fn(model, batch, generator):
         x0, y = batch
-        if augment_shift:
-            dx, dy = _draw(torch.randint, -augment_shift, augment_shift + 1, (2,), generator=generator,
-                           device="cpu").tolist()
-            x0 = torch.roll(x0, shifts=(dy, dx), dims=(2, 3))
+        x0 = _random_shift(x0, augment_shift, generator)
         t = _draw(torch.randint, 0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
         eps = _draw(torch.randn, x0.shape, generator=generator, device=x0.device)
         x_t = q_sample(x0, t, schedule, noise=eps)
