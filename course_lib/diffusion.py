@@ -111,7 +111,7 @@ def _check_recoverable(ab, t, fn):
 
 def _alpha_bars64(schedule):
     """alpha_bar and 1 - alpha_bar in float64, so that 1 - alpha_bar keeps its digits near t = 0."""
-    ab = torch.cumprod(1 - schedule.betas.double(), dim=0)
+    ab = schedule.alpha_bars64
     return ab, 1 - ab
 
 

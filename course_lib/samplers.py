@@ -48,24 +48,11 @@ def _alpha_bar(schedule, t):
     """alpha_bar_t as a Python float (float64), with alpha_bar_{-1} = 1 (the clean image).
 
     A plain float, not a tensor: the step coefficients are then host numbers, so a step on the GPU
-    never waits for a device-to-host copy. The cumulative product is computed once per schedule
-    (float64: 1 - alpha_bar_t / alpha_bar_prev cancels in float32)."""
+    never waits for a device-to-host copy (``Schedule.alpha_bars64`` is computed once per schedule,
+    in float64: 1 - alpha_bar_t / alpha_bar_prev cancels in float32)."""
     if t < 0:
         return 1.0
-    return _alpha_bars_list(schedule)[t]
-
-
-_AB_CACHE = {}
-
-
-def _alpha_bars_list(schedule):
-    """alpha_bar_0 .. alpha_bar_{T-1} as a list of floats, cached per betas tensor (schedules are immutable)."""
-    key = (id(schedule.betas), schedule.betas.data_ptr(), schedule.T)
-    if key not in _AB_CACHE:
-        if len(_AB_CACHE) > 32:  # a handful of schedules per session; never grow without bound
-            _AB_CACHE.clear()
-        _AB_CACHE[key] = (schedule.betas, torch.cumprod(1.0 - schedule.betas.double(), dim=0).tolist())
-    return _AB_CACHE[key][1]
+    return float(schedule.alpha_bars64[t])
 
 
 def _check_step_t(t, t_prev, schedule, fn):

@@ -16,6 +16,7 @@ Time convention of the whole course: integer t in 0..T-1, t = 0 the least noisy 
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -106,9 +107,10 @@ class Schedule:
     def alphas(self):
         return 1.0 - self.betas
 
-    @property
+    @cached_property
     def alpha_bars64(self):
-        """alpha_bar_t = prod_{s<=t} alpha_s (Ho et al., 2020, eq. 4), accumulated and kept in float64."""
+        """alpha_bar_t = prod_{s<=t} alpha_s (Ho et al., 2020, eq. 4), accumulated and kept in float64.
+        Computed once per schedule (a schedule never changes): every sampler step and conversion reads it."""
         return torch.cumprod(1.0 - self.betas.double(), dim=0)
 
     @property
