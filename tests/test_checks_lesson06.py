@@ -165,7 +165,7 @@ def test_mean_shift_with_other_noise_fails_with_the_generic_hint():
 # ---------------------------------------------------------------------------------------- 6.4
 
 class _FakeWidget:
-    """The attributes check_smallest_all_right reads: scale.options and evaluate(s)."""
+    """The attributes the widget checks read: scale.options and evaluate(s)."""
 
     def __init__(self, all_right):
         self.scale = type("S", (), {"options": tuple(all_right)})()
@@ -174,24 +174,6 @@ class _FakeWidget:
     def evaluate(self, s):
         ok = self._r[s]
         return {"all_right": ok, "digits_right": 10 if ok else 8, "accuracy": 1.0 if ok else 0.85, "spread": 5.0}
-
-
-def test_widget_question():
-    w = _FakeWidget({0.0: False, 1.0: False, 2.0: True, 5.0: False, 10.0: True})
-    lesson06.check_smallest_all_right(2.0, w)
-    lesson06.check_smallest_all_right(2, w)
-    with pytest.raises(ExerciseError, match="move the slider UP"):
-        lesson06.check_smallest_all_right(1.0, w)
-    with pytest.raises(ExerciseError, match="SMALLEST"):
-        lesson06.check_smallest_all_right(10.0, w)
-    with pytest.raises(ExerciseError, match="one of the slider's scales"):
-        lesson06.check_smallest_all_right(3.0, w)
-    with pytest.raises(ExerciseError, match="one of the slider's scales"):
-        lesson06.check_smallest_all_right(None, w)
-    none = _FakeWidget({0.0: False, 1.0: False})
-    lesson06.check_smallest_all_right(None, none)
-    with pytest.raises(ExerciseError, match="answer None"):
-        lesson06.check_smallest_all_right(1.0, none)
 
 
 @pytest.mark.parametrize("check", [lesson06.check_grad_log_p, lesson06.check_guided_eps,

@@ -271,36 +271,6 @@ def smallest_all_right(widget):
     return None
 
 
-def check_smallest_all_right(answer, widget):
-    """Widget exercise: ``answer`` should be the smallest scale s on the slider of
-    :func:`course_lib.widgets.classifier_guidance_explorer` at which all ten digits are right."""
-    ex = "6.4"
-    options = list(widget.scale.options)
-    expected = smallest_all_right(widget)
-    if expected is None:
-        if answer is None:
-            passed(ex, "no scale on this slider gets every sample right.")
-            return
-        fail(ex, f"no scale on the slider gets every sample right, but you answered {answer!r}",
-             "answer None when the readout never shows 10/10")
-    if isinstance(answer, bool) or not isinstance(answer, (int, float)) or float(answer) not in options:
-        fail(ex, f"answer should be one of the slider's scales {options}, got {answer!r}",
-             "read the scale s off the slider when the readout shows 'digits with every sample right: 10/10'")
-    answer = float(answer)
-    r = widget.evaluate(answer)
-    if not r["all_right"]:
-        fail(ex, f"at s = {answer:g} only {r['digits_right']}/10 digits have every sample right "
-                 f"(accuracy {r['accuracy']:.0%})",
-             "move the slider UP until the readout shows 10/10")
-    if answer > expected:
-        fail(ex, f"s = {answer:g} gets all ten digits right, but so does the smaller s = {expected:g}",
-             "you are asked for the SMALLEST such scale: move the slider down notch by notch")
-    base = widget.evaluate(options[0])
-    passed(ex, f"s = {answer:g} is the smallest scale on the slider with all ten digits right "
-               f"(accuracy {r['accuracy']:.0%}); within-class spread {r['spread']:.1f} there against "
-               f"{base['spread']:.1f} at s = {options[0]:g}.")
-
-
 def most_digits_right(widget):
     """The smallest slider scale with the most digits whose every sample is right, and that count."""
     counts = [(widget.evaluate(s)["digits_right"], -s) for s in widget.scale.options]
