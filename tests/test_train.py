@@ -296,3 +296,52 @@ def test_bench_reports_the_fp32_baseline_and_the_ratio():
     r = bench("cpu", batch=4, train_steps=1, sample_batch=2, ddpm_steps=2, ddim_steps=2)
     assert r["train_images_per_s"] > 0 and r["train_fp32_images_per_s"] > 0
     assert r["train_speedup"] == pytest.approx(r["train_images_per_s"] / r["train_fp32_images_per_s"])
+
+
+def _tiny_run(tmp_path, loss_fn, steps=20, name="ck.pt"):
+    from course_lib.nets import MLPDenoiser
+    from course_lib.train import train
+
+    torch.manual_seed(0)
+    model = MLPDenoiser(hidden=16, layers=1)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    return train(model, loss_fn, data, steps=steps, batch_size=8, seed=3, device="cpu", progress=False,
+                 checkpoint=tmp_path / name, checkpoint_every=5, warmup=2)
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    """A run killed after its step-10 checkpoint and started again ends with the same weights, losses and EMA
+    as one uninterrupted run: the generator's state (batches, t, noise) is restored, not re-seeded."""
+    from course_lib.schedules import make_schedule
+    from course_lib.train import diffusion_loss
+
+    loss = diffusion_loss(make_schedule("cosine", 100))
+    full = _tiny_run(tmp_path, loss, name="full.pt")
+
+    calls = {"n": 0}
+
+    def dies_at_step_13(model, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt("killed")
+        return loss(model, batch, generator)
+
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path, dies_at_step_13, name="resumed.pt")
+    assert torch.load(tmp_path / "resumed.pt", weights_only=True)["step"] == 10
+    resumed = _tiny_run(tmp_path, loss, name="resumed.pt")
+    assert len(resumed.losses) == 20
+    assert resumed.losses == pytest.approx(full.losses, abs=0, rel=1e-6)
+    for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_checkpoint_bad_settings(tmp_path):
+    from course_lib.nets import MLPDenoiser
+    from course_lib.train import classifier_loss, train
+
+    with pytest.raises(ValueError, match="needs steps="):
+        train(MLPDenoiser(), classifier_loss(), torch.zeros(4, 2), epochs=1, checkpoint=tmp_path / "c.pt", device="cpu")
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train(MLPDenoiser(), classifier_loss(), torch.zeros(4, 2), steps=1, checkpoint=tmp_path / "c.pt",
+              checkpoint_every=0, device="cpu")
