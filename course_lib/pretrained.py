@@ -93,6 +93,9 @@ def _build(entry):
     from .nets import NoisyClassifier
 
     kinds["noisy-classifier"] = NoisyClassifier
+    from .latent import LatentDiffusion
+
+    kinds["latent"] = LatentDiffusion
     if entry["kind"] not in kinds:
         raise ValueError(f"manifest names an unknown model kind {entry['kind']!r}; known: {', '.join(kinds)}")
     return kinds[entry["kind"]](**entry["config"])
