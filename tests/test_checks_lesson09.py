@@ -1,0 +1,220 @@
+"""Lesson 09 checks: the reference solutions pass, stubs propagate NotImplementedError, and plausible
+wrong implementations raise ExerciseError whose hint names the mistake."""
+
+import pytest
+import torch
+
+from course_lib import inpainting
+from course_lib.checks import ExerciseError, lesson09
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError("Exercise 9.x: stub")
+
+
+# ---------------------------------------------------------------------------------------- 9.1
+
+def good_noised(x_known, t, schedule, generator=None):
+    alpha_bar = schedule.alpha_bars[t]
+    z = torch.randn(x_known.shape, generator=generator)
+    return alpha_bar.sqrt() * x_known + (1 - alpha_bar).sqrt() * z
+
+
+def _noised_with(signal, noise, shift=0):
+    def fn(x_known, t, schedule, generator=None):
+        a = schedule.alpha_bars[t + shift]
+        return signal(a) * x_known + noise(a) * torch.randn(x_known.shape, generator=generator)
+    return fn
+
+
+def noised_clean(x_known, t, schedule, generator=None):
+    return x_known.clone()
+
+
+def noised_fixed_noise(x_known, t, schedule, generator=None):
+    return good_noised(x_known, t, schedule, torch.Generator().manual_seed(0))
+
+
+def noised_no_generator(x_known, t, schedule, generator=None):
+    return good_noised(x_known, t, schedule, None)
+
+
+def noised_in_place(x_known, t, schedule, generator=None):
+    a = schedule.alpha_bars[t]
+    return x_known.mul_(a.sqrt()).add_((1 - a).sqrt() * torch.randn(x_known.shape, generator=generator))
+
+
+def noised_wrong_shape(x_known, t, schedule, generator=None):
+    return good_noised(x_known, t, schedule, generator)[0]
+
+
+def test_noised_known_references_pass(capsys):
+    lesson09.check_noised_known(good_noised)
+    lesson09.check_noised_known(inpainting.noised_known)
+    lesson09.check_noised_known(lambda x, t, s, g: inpainting.noised_known(x, t, s, generator=g).double())
+    assert "Exercise 9.1 passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, words", [
+    (noised_clean, "pasting clean x_known"),
+    (_noised_with(lambda a: a.sqrt(), lambda a: 1 - a), "noise not square-rooted"),
+    (_noised_with(lambda a: a, lambda a: 1 - a), "square roots missing"),
+    (_noised_with(lambda a: a, lambda a: (1 - a).sqrt()), "not alpha_bar_t"),
+    (_noised_with(lambda a: a.sqrt(), lambda a: 1.0), "full strength"),
+    (_noised_with(lambda a: (1 - a).sqrt(), lambda a: a.sqrt()), "coefficients swapped"),
+    (_noised_with(lambda a: a.sqrt(), lambda a: (1 - a).sqrt(), shift=1), "off by one"),
+    (_noised_with(lambda a: a.sqrt(), lambda a: (1 - a).sqrt(), shift=-1), "off by one"),
+    (_noised_with(lambda a: a.sqrt(), lambda a: 0.9 * (1 - a).sqrt()), r"(?s)expected .* Hint: alpha_bar = "),
+    (noised_fixed_noise, "reusing a fixed noise draw"),
+    (noised_no_generator, "generator=generator"),
+    (noised_in_place, "in place"),
+    (noised_wrong_shape, "shape"),
+])
+def test_noised_known_mistakes_are_named(fn, words):
+    with pytest.raises(ExerciseError, match=words):
+        lesson09.check_noised_known(fn)
+
+
+# ---------------------------------------------------------------------------------------- 9.2
+
+def good_undo(x_prev, t_prev, t, schedule, generator=None):
+    ratio = schedule.alpha_bars[t] / schedule.alpha_bars[t_prev]
+    return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * torch.randn(x_prev.shape, generator=generator)
+
+
+def good_undo_one_step_at_a_time(x_prev, t_prev, t, schedule, generator=None):
+    x = x_prev
+    for s in range(t_prev + 1, t + 1):
+        beta = schedule.betas[s]
+        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn(x.shape, generator=generator)
+    return x
+
+
+def _undo_with(signal, noise):
+    def fn(x_prev, t_prev, t, schedule, generator=None):
+        a_prev, a_t = schedule.alpha_bars[t_prev], schedule.alpha_bars[t]
+        return signal(a_prev, a_t) * x_prev + noise(a_prev, a_t) * torch.randn(x_prev.shape, generator=generator)
+    return fn
+
+
+def undo_one_beta(x_prev, t_prev, t, schedule, generator=None):
+    beta = schedule.betas[t]
+    return (1 - beta).sqrt() * x_prev + beta.sqrt() * torch.randn(x_prev.shape, generator=generator)
+
+
+def undo_beta_prev(x_prev, t_prev, t, schedule, generator=None):  # Algorithm 1 line 10 read with beta_{t-1}
+    beta = schedule.betas[t_prev]
+    out = x_prev
+    for _ in range(t - t_prev):
+        out = (1 - beta).sqrt() * out + beta.sqrt() * torch.randn(x_prev.shape, generator=generator)
+    return out
+
+
+def undo_fixed_noise(x_prev, t_prev, t, schedule, generator=None):
+    return good_undo(x_prev, t_prev, t, schedule, torch.Generator().manual_seed(0))
+
+
+def undo_identity(x_prev, t_prev, t, schedule, generator=None):
+    return x_prev.clone()
+
+
+def test_undo_step_references_pass(capsys):
+    lesson09.check_undo_step(good_undo)
+    lesson09.check_undo_step(good_undo_one_step_at_a_time)  # the composition of one-step jumps is the same draw law
+    lesson09.check_undo_step(inpainting.undo_step)
+    assert "Exercise 9.2 passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_undo_with(lambda p, a: (a / p).sqrt(), lambda p, a: 1 - a / p), "noise not square-rooted \\(the paper's misprint\\)"),
+    (_undo_with(lambda p, a: (a / p).sqrt(), lambda p, a: (1 - a).sqrt()), "1 - alpha_bar_t instead of the ratio"),
+    (_undo_with(lambda p, a: a.sqrt(), lambda p, a: (1 - a).sqrt()), "1 - alpha_bar_t instead of the ratio"),
+    (_undo_with(lambda p, a: (a / p).sqrt(), lambda p, a: 0.0), "no noise"),
+    (_undo_with(lambda p, a: a / p, lambda p, a: (1 - a / p).sqrt()), "not by the ratio itself"),
+    (_undo_with(lambda p, a: (p / a).sqrt(), lambda p, a: (1 - p / a).sqrt()), "ratio inverted"),
+    (undo_identity, "no noise and no scaling"),
+    (undo_one_beta, "one beta for a jump over"),
+    (undo_beta_prev, "off by one"),
+    (undo_fixed_noise, "reusing a fixed noise draw"),
+    (_undo_with(lambda p, a: (a / p).sqrt(), lambda p, a: 0.8 * (1 - a / p).sqrt()), "Hint: ratio = "),
+])
+def test_undo_step_mistakes_are_named(fn, words):
+    with pytest.raises(ExerciseError, match=words):
+        lesson09.check_undo_step(fn)
+
+
+# ---------------------------------------------------------------------------------------- 9.3
+
+def good_order(steps, jump_length, jump_n_sample):
+    jumps = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
+    order, i = [], steps
+    while i >= 1:
+        i -= 1
+        order.append(i)
+        if jumps.get(i, 0) > 0:
+            jumps[i] -= 1
+            for _ in range(jump_length):
+                i += 1
+                order.append(i)
+    return order
+
+
+def _order_with(**knobs):
+    return lambda steps, jl, jn: lesson09._order(steps, jl, jn, **knobs)
+
+
+def order_jump_one_more(steps, jl, jn):
+    return lesson09._order(steps, jl, jn, up=jl + 1)
+
+
+def order_scaled(steps, jl, jn):
+    return (inpainting.repaint_timesteps(steps, jl, jn) ).tolist()
+
+
+def order_with_clean_end(steps, jl, jn):
+    return good_order(steps, jl, jn) + [-1]
+
+
+def order_float(steps, jl, jn):
+    return [float(i) for i in good_order(steps, jl, jn)]
+
+
+def order_starts_at_steps(steps, jl, jn):
+    return [steps] + good_order(steps, jl, jn)
+
+
+def test_repaint_timesteps_references_pass(capsys):
+    lesson09.check_repaint_timesteps(good_order)
+    lesson09.check_repaint_timesteps(lambda s, jl, jn: inpainting.repaint_timesteps(s, jl, jn, T=s))  # a tensor
+    lesson09.check_repaint_timesteps(lambda s, jl, jn: tuple(good_order(s, jl, jn)))
+    out = capsys.readouterr().out
+    assert "Exercise 9.3 passed" in out and "4570 entries" in out
+
+
+@pytest.mark.parametrize("fn, words", [
+    (order_jump_one_more, "off-by-one jump"),
+    (_order_with(up=None, keys=None, n_jumps=None, stop=2), "missing final steps"),
+    (lambda s, jl, jn: good_order(s, jl, jn)[:-1], "missing final steps"),
+    (lambda s, jl, jn: lesson09._order(s, jl, jn, keys=range(0, s - jl + 1, jl)), "off-by-one jump"),
+    (lambda s, jl, jn: lesson09._order(s, jl, jn, keys=range(jl, s - jl, jl)), "missing final steps"),
+    (lambda s, jl, jn: lesson09._order(s, jl, jn, n_jumps=jn), "wrong count"),
+    (lambda s, jl, jn: lesson09._order(s, jl, jn, n_jumps=max(jn - 2, 0)), "wrong count"),
+    (order_scaled, "grid indices, not timesteps"),
+    (order_with_clean_end, "clean end -1"),
+    (lambda s, jl, jn: good_order(s, jl, jn)[::-1], "reversed"),
+    (order_starts_at_steps, "off by one at the start"),
+    (order_float, "list of integers"),
+    (lambda s, jl, jn: list(range(s - 1, -1, -1)), "Hint: jumps = "),  # no jumps at all
+])
+def test_repaint_timesteps_mistakes_are_named(fn, words):
+    with pytest.raises(ExerciseError, match=words):
+        lesson09.check_repaint_timesteps(fn)
+
+
+# ---------------------------------------------------------------------------------------- stubs
+
+@pytest.mark.parametrize("check", [lesson09.check_noised_known, lesson09.check_undo_step,
+                                   lesson09.check_repaint_timesteps])
+def test_stub_propagates(check):
+    with pytest.raises(NotImplementedError):
+        check(_stub)
