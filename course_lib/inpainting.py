@@ -15,21 +15,21 @@ prior, consistent with the known part. No retraining: only the sampling loop cha
   pasted at every step. The network then sees, at a large t, a sample that is pure noise in one place and a
   clean image in another, something it never saw in training, and the two parts do not join up.
 
-Known misprints of the paper's Algorithm 1, which the code here does *not* follow (it follows the paper's
-eqs. 1 and 8a and the authors' code, github.com/andreas128/RePaint):
+Two known misprints in line 5 of the paper's Algorithm 1, which the code here does *not* follow (it follows the
+paper's eq. 8a and the authors' code, github.com/andreas128/RePaint): line 5 prints
+x^known_{t-1} = sqrt(alpha_bar_t) x_0 + (1 - alpha_bar_t) eps, but
 
-* line 5 prints x^known_{t-1} = sqrt(alpha_bar_t) x_0 + (1 - alpha_bar_t) eps. Eq. 8a says x^known_{t-1} is
-  drawn from N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I), i.e. (1 - alpha_bar) is the VARIANCE and the noise is
-  scaled by sqrt(1 - alpha_bar) (diffusers' ``scheduling_repaint.py`` says so in a comment; its PR #10644
-  reverted a "fix" that had followed the printed line and degraded the results);
-* the same line uses alpha_bar_t, the level of x_t, for x^known_{t-1}, which joins x^unknown_{t-1}: the level
-  must be alpha_bar_{t-1}, the level of the step just reached (andreas128/RePaint issue #17; the authors' code
-  pastes at the level of the sample it joins);
-* the jump of line 10 is a draw from q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) (eq. 1), so the
-  noise is scaled by sqrt(beta_t), a standard deviation; written out, x_t = sqrt(1 - beta_t) x_{t-1} +
-  sqrt(beta_t) z. On a strided grid of ``steps`` < T timesteps a jump from t' up to t covers several steps of
-  eq. 1 at once: their product is x_t = sqrt(alpha_bar_t / alpha_bar_t') x_t' + sqrt(1 - alpha_bar_t /
-  alpha_bar_t') z, which for t' = t - 1 is exactly the one-step form.
+* eq. 8a draws x^known_{t-1} from N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I): (1 - alpha_bar) is the VARIANCE,
+  so the noise is scaled by sqrt(1 - alpha_bar) (diffusers' ``scheduling_repaint.py`` says so in a comment; its
+  PR #10644 reverted a "fix" that had followed the printed line and degraded the results);
+* x^known_{t-1} joins x^unknown_{t-1}, so its level is alpha_bar_{t-1}, that of the step just reached, not
+  alpha_bar_t (andreas128/RePaint issue #17; the authors' code pastes at the level of the sample it joins).
+
+The jump back up of line 10 is a draw from the forward process q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1},
+beta_t I) (eq. 1): beta_t is a variance, the noise is scaled by sqrt(beta_t), x_t = sqrt(1 - beta_t) x_{t-1} +
+sqrt(beta_t) z. On a strided grid of ``steps`` < T timesteps a jump from t' up to the next grid point t covers
+several steps of eq. 1 at once; their product is x_t = sqrt(alpha_bar_t / alpha_bar_t') x_t' +
+sqrt(1 - alpha_bar_t / alpha_bar_t') z, which for t' = t - 1 is the one-step form (:func:`undo_step`).
 
 The reverse steps are the course's :func:`~course_lib.samplers.ddim_step` with ``eta`` (eta = 1, the default
 here, is DDPM's ancestral step as in the paper; eta = 0 is deterministic DDIM) on the grid
@@ -43,7 +43,7 @@ import torch
 
 from .diffusion import _noise_like, predict_x0
 from .samplers import _alpha_bar, _check_eta, ddim_step, ddim_timesteps
-from .schedules import Schedule, check_t
+from .schedules import Schedule
 
 METHODS = ("replace", "repaint", "clean")
 
@@ -203,7 +203,9 @@ def inpaint(model, x_known, keep_mask, schedule, steps=50, method="replace", jum
             eps = model(x, t_batch)
             nfe += 1
             x_step = ddim_step(x, eps, t, t_next, schedule, eta=eta, noise=z, clip_x0=clip_x0)
-            # the known pixels at the level just reached (RePaint eq. 8a, corrected), or clean ("clean": the mistake)
+            # the known pixels noised to the level just reached, t_next, with noise scaled by sqrt(1 - alpha_bar)
+            # (eq. 8a; the printed Algorithm 1 line 5 has alpha_bar_t and no square root: misprints), or clean
+            # x_known for "clean", the mistake
             paste = x_known if method == "clean" else noised_known(x_known, t_next, schedule, noise=z)
             x_next = torch.where(known, paste, x_step)
             x0_hat = predict_x0(x, eps, t, schedule) if callback is not None else None

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..inpainting import repaint_timesteps
+from ..inpainting import inpaint_nfe, repaint_timesteps
 from ..schedules import make_schedule
 from . import expect_tensor, fail, passed
 
@@ -283,9 +283,10 @@ def check_repaint_timesteps(my_repaint_timesteps):
         k = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
         fail(ex, f"{call} returned {len(got)} entries, expected {len(expected)}; the first difference is at position "
                  f"{k}: expected ...{expected[max(k - 3, 0):k + 3]}..., got ...{got[max(k - 3, 0):k + 3]}...", hint)
-    n = len(repaint_timesteps(250, 10, 10, T=250))
+    n, nfe = len(repaint_timesteps(250, 10, 10, T=250)), inpaint_nfe(250, "repaint", 10, 10)
     passed(ex, f"RePaint's visiting order, as diffusers' RePaintScheduler; at the paper's setting (250, 10, 10) it has "
-               f"{n} entries, 2,410 of them denoising steps: 9.64 x the network evaluations of plain sampling.")
+               f"{n:,} entries, {nfe:,} of them denoising steps: {nfe / 250:.2f} x the network evaluations of plain "
+               "sampling.")
 
 
 # ----------------------------------------------------------------------------------------------
