@@ -537,7 +537,7 @@ def _recipe_mnist_latent(steps, device, checkpoint=None):
     return result, info
 
 
-RECIPES["mnist-latent"] = (_recipe_mnist_latent, 7000)
+RECIPES["mnist-latent"] = (_recipe_mnist_latent, 5000)
 
 
 def main(argv=None):
