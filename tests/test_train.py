@@ -285,7 +285,13 @@ def test_channels_last_needs_images():
 
 
 def test_recipes_are_still_there():
-    assert set(train.RECIPES) == {"mnist-unet", "mnist-classifier", "mnist-noisy-classifier"}
+    """Every shipped model has the recipe that made it, and every recipe's model ships; each recipe string
+    in the manifest names its recipe."""
+    from course_lib import pretrained
+
+    assert set(train.RECIPES) == set(pretrained.available())
+    for name in pretrained.available():
+        assert pretrained.load(name).info["recipe"].startswith(f"python -m course_lib.train {name} ")
     with pytest.raises(SystemExit):
         train.main(["--help"])
 
