@@ -10,6 +10,9 @@
   small samples, so always read a score against its floor).
 * :func:`within_class_spread`: diversity inside each class (classifier features around their class centroid);
   :func:`class_shares`: which digits an unconditional sampler draws, and how often.
+* Lesson 09: :func:`inpainting_table` (known region, class kept, :func:`seam`, cost) and :func:`superres_table`
+  (:func:`psnr`, :func:`ssim`, consistency, class accuracy, :func:`sharpness`), written by ``--only inpainting`` and
+  ``--only superres``.
 
 The evaluation classifier was trained on **clean** digits only: it scores finished samples, never noisy
 x_t (it reads pure noise as an "8" with high confidence). For guiding a sampler through noisy states the
@@ -562,6 +565,294 @@ def latent_quality(latent_pipe, pixel_pipe, scales=LATENT_SCALES, n_per_digit=50
             "cost": latent_cost(latent_pipe, pixel_pipe, cost_batch, cost_repeats, steps, seed)}
 
 
+# --------------------------------------------------------------------------- lesson 09: inpainting and super-resolution
+
+#: the masks of lesson 09's inpainting table (``keep_mask``: 1 = known pixel), see :func:`inpainting_mask`
+INPAINT_MASKS = ("right half", "box", "lines", "random pixels")
+#: the methods of the table: the clean paste (the tutorials' mistake), noised replacement, RePaint at a CPU-sized setting
+INPAINT_METHODS = (("clean", {}), ("replace", {}), ("repaint", {"jump_length": 10, "jump_n_sample": 10}))
+#: RePaint's cost, measured at the paper's setting (T = 250 steps, j = r = 10) and at the table's CPU-sized one
+REPAINT_COST_SETTINGS = ((250, 10, 10), (50, 10, 10))
+
+
+def heldout_digits(n):
+    """``n`` class-balanced held-out digits (images (n, 1, 32, 32), labels (n,)), 0, 1, ..., 9, 0, ...: the floor's pool
+    of the 'test' half (never seen by the evaluation classifier or the diffusion models), at most 1,250."""
+    if not isinstance(n, int) or not 1 <= n <= 10 * REFERENCE_PER_CLASS:
+        raise ValueError(f"n must be an int in 1..1250 (the held-out pool), got {n!r}")
+    _, images, labels = _reference()
+    return images[:n], labels[:n]
+
+
+def inpainting_mask(name, size=32, seed=0):
+    """Lesson 09's masks as ``keep_mask`` (1, 1, size, size) floats, 1 = known pixel, 0 = to fill in:
+
+    * ``"right half"``: the right half unknown (columns size/2 .. size-1);
+    * ``"box"``: a centred square of side size * 7/16 (14 px of 32) unknown, the middle of the digit;
+    * ``"lines"``: horizontal bands 2 px high every 4 px unknown (rows 2, 3, 6, 7, ...), half the image, like scratches;
+    * ``"random pixels"``: 80% of the pixels unknown, drawn with ``seed`` (the same mask for every image)."""
+    keep = torch.ones(1, 1, size, size)
+    if name == "right half":
+        keep[..., size // 2:] = 0
+    elif name == "box":
+        side = size * 7 // 16
+        lo = (size - side) // 2
+        keep[..., lo:lo + side, lo:lo + side] = 0
+    elif name == "lines":
+        keep[..., (torch.arange(size) % 4) >= 2, :] = 0
+    elif name == "random pixels":
+        keep = (torch.rand((1, 1, size, size), generator=torch.Generator().manual_seed(seed)) >= 0.8).float()
+    else:
+        raise ValueError(f"unknown mask {name!r}; valid masks are {', '.join(map(repr, INPAINT_MASKS))}")
+    return keep
+
+
+def seam(images, keep_mask):
+    """How sharply the filled-in region meets the known one: the mean absolute difference |x_p - x_q| over the pairs of
+    4-neighbour pixels (p, q) that straddle the mask border (one known, one filled in), per image -> (B,). Compare it
+    with the same measure on the original images: a completion that does not join up (the clean paste) shows steps
+    across the border, a larger value. ``keep_mask`` (B or 1, 1, H, W), 1 = known. NaN for an image without a border."""
+    keep = keep_mask.to(images.device, torch.float).expand(images.shape[0], *keep_mask.shape[1:])  # (B, 1, H, W)
+    x = images.float()
+    total, count = 0.0, 0.0
+    for dim in (-1, -2):  # horizontal and vertical neighbours
+        n = x.shape[dim]
+        a, b = x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1)
+        ka, kb = keep.narrow(dim, 0, n - 1), keep.narrow(dim, 1, n - 1)
+        border = (ka != kb).float()  # (B, 1, ., .): one known, one unknown
+        total = total + ((a - b).abs() * border).flatten(1).sum(1)
+        count = count + border.flatten(1).sum(1)
+    return (total / count).cpu()
+
+
+def inpainting_table(model, schedule, n, *, masks=INPAINT_MASKS, methods=INPAINT_METHODS, steps=50, eta=1.0, batch=100,
+                     seed=0, device="cpu"):
+    """Lesson 09's inpainting table: one row per (mask, method) over ``n`` class-balanced held-out digits
+    (:func:`heldout_digits`), filled in by :func:`~course_lib.inpainting.inpaint` with the unconditional ``model(x_t, t)``
+    (``steps`` grid steps, ``eta`` = 1 the paper's ancestral step, x0_hat clipped; every method starts from the same
+    noise, drawn on the CPU from ``seed``).
+
+    Each row: ``known_error`` (the largest |x - x_known| on the known pixels: 0 means the known region is exact),
+    ``class_kept`` (the fraction of completions the evaluation classifier reads as the original's label; ``original``
+    on the row is the same fraction for the unmasked originals, the ceiling), ``seam`` (:func:`seam`, mean over the
+    digits) beside ``seam_original`` (the same pairs in the originals), ``nfe`` (network evaluations per image),
+    ``seconds`` and ``seconds_per_image``."""
+    from .inpainting import inpaint, inpaint_nfe
+
+    images, labels = heldout_digits(n)
+    original = class_accuracy(images, labels)
+    rows = []
+    for mask_name in masks:
+        keep = inpainting_mask(mask_name)
+        seam_original = seam(images, keep).mean().item()
+        for method, options in methods:
+            generator = torch.Generator().manual_seed(seed)
+            start = time.perf_counter()
+            out = []
+            for i in range(0, n, batch):
+                x_known = images[i:i + batch].to(device)
+                x_T = torch.randn(x_known.shape, generator=generator).to(device)  # the same for every method
+                out.append(inpaint(model, x_known, keep.to(device), schedule, steps=steps, method=method, eta=eta,
+                                   generator=torch.Generator().manual_seed(seed + 1 + i), clip_x0=True, x_T=x_T,
+                                   **options).cpu())
+            seconds = time.perf_counter() - start
+            out = torch.cat(out)
+            row = {"mask": mask_name, "method": method, **options, "steps": steps, "eta": eta, "n": n,
+                   "nfe": inpaint_nfe(steps, method, **options),
+                   "known_error": (out - images).abs().mul(keep).max().item(),
+                   "class_kept": class_accuracy(out, labels), "original": original,
+                   "seam": seam(out, keep).mean().item(), "seam_original": seam_original,
+                   "seconds": seconds, "seconds_per_image": seconds / n}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def repaint_cost(model, schedule, n=4, settings=REPAINT_COST_SETTINGS, mask="right half", seed=0, device="cpu"):
+    """RePaint's cost against plain noised replacement on the same grid, for each ``(steps, jump_length, jump_n_sample)``
+    in ``settings``: network evaluations per image (:func:`~course_lib.inpainting.inpaint_nfe`) and their ratio, and the
+    seconds per image of both, measured on ``n`` digits in one batch (so the measured ratio includes the jumps' own
+    cost, small beside a network pass)."""
+    from .inpainting import inpaint, inpaint_nfe
+
+    images, _ = heldout_digits(n)
+    x_known, keep = images.to(device), inpainting_mask(mask).to(device)
+    rows = []
+    for steps, jump_length, jump_n_sample in settings:
+        seconds = {}
+        for method in ("replace", "repaint"):
+            start = time.perf_counter()
+            inpaint(model, x_known, keep, schedule, steps=steps, method=method, jump_length=jump_length,
+                    jump_n_sample=jump_n_sample, generator=torch.Generator().manual_seed(seed), clip_x0=True)
+            seconds[method] = (time.perf_counter() - start) / n
+        nfe_plain, nfe_repaint = inpaint_nfe(steps, "replace"), inpaint_nfe(steps, "repaint", jump_length, jump_n_sample)
+        row = {"steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample, "n": n,
+               "nfe_replace": nfe_plain, "nfe_repaint": nfe_repaint, "nfe_ratio": nfe_repaint / nfe_plain,
+               "seconds_per_image_replace": seconds["replace"], "seconds_per_image_repaint": seconds["repaint"],
+               "seconds_ratio": seconds["repaint"] / seconds["replace"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def psnr(x, y):
+    """Peak signal-to-noise ratio in dB per image -> (B,), images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE)
+    (the same function as :func:`course_lib.train.psnr`). Higher is closer, pixel by pixel; it rewards blur."""
+    from .train import psnr as _psnr
+
+    return _psnr(x.float().cpu(), y.float().cpu())
+
+
+def _gaussian_window(size, sigma):
+    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - (size - 1) / 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]  # (1, 1, size, size), sums to 1
+
+
+def ssim(x, y, window=11, sigma=1.5, data_range=2.0):
+    """Structural similarity (Wang, Bovik, Sheikh & Simoncelli, 2004, eq. 13) per image -> (B,), for (B, 1, H, W) images
+    in [-1, 1]. The local means, variances and covariance are weighted by an 11x11 Gaussian window of standard deviation
+    1.5 (their Sec. III-C), over the positions where the window fits inside the image ('valid': 22x22 of a 32x32
+    image), and the SSIM map is averaged:
+
+        SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
+        C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = data_range = 2 (the range of [-1, 1]).
+
+    1 for identical images; it compares local structure (contrast, correlation) rather than pixel values, so it punishes
+    blur less than a misplaced stroke, but, like PSNR, it still favours the blurred average of the plausible answers."""
+    if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"ssim needs two (B, 1, H, W) images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window}x{window} window")
+    w = _gaussian_window(window, sigma)
+    x, y = x.detach().double().cpu(), y.detach().double().cpu()
+    conv = lambda z: torch.nn.functional.conv2d(z, w)  # noqa: E731  (B, 1, H - window + 1, W - window + 1)
+    mu_x, mu_y = conv(x), conv(y)
+    var_x = conv(x * x) - mu_x ** 2
+    var_y = conv(y * y) - mu_y ** 2
+    cov = conv(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim_map = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.flatten(1).mean(1).float()
+
+
+def sharpness(images):
+    """Mean gradient magnitude per image -> (B,): the mean over pixels of sqrt(dx^2 + dy^2), dx and dy the differences to
+    the right and lower neighbour (images in [-1, 1], so a clean black-to-white edge across one pixel counts 2). Crisp
+    strokes have steep edges, a blurred digit shallow ones: real digits and a good super-resolution score alike, a
+    bicubic upsampling of an 8x8 image far lower."""
+    x = images.detach().float().cpu()
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]  # (B, C, H - 1, W - 1)
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx ** 2 + dy ** 2).sqrt().flatten(1).mean(1)
+
+
+def superres_scores(x_sr, x_lr, x_hr, labels):
+    """The SR table's columns for one set of results (means over the images): ``psnr``, ``ssim`` against the originals
+    ``x_hr``, ``consistency`` (SR3's MSE of downsample(x_sr) against the input ``x_lr``, [-1, 1] units), ``accuracy``
+    (the evaluation classifier reads the result as the original's label) and ``sharpness``."""
+    from .superres import downsample
+
+    factor = x_sr.shape[-1] // x_lr.shape[-1]
+    x_sr, x_lr, x_hr = x_sr.float().cpu(), x_lr.float().cpu(), x_hr.float().cpu()
+    return {"psnr": psnr(x_sr, x_hr).mean().item(), "ssim": ssim(x_sr, x_hr).mean().item(),
+            "consistency": (downsample(x_sr, factor) - x_lr).square().mean().item(),
+            "accuracy": class_accuracy(x_sr, labels), "sharpness": sharpness(x_sr).mean().item()}
+
+
+SR_SWEEP = (0.0, 1.0, 2.0, 3.0, 5.0)  # guidance on the low-res image, eps(x_t, 0) + w (eps(x_t, up(x_lr)) - eps(x_t, 0))
+
+
+def _sr_samples(pipe, x_lr, w, steps, seed, batch, device):
+    from .superres import condition, guided_model
+    from .samplers import ddim_sample
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(x_lr), batch):
+        cond = condition(x_lr[i:i + batch].to(device))
+        x_T = torch.randn(cond.shape, generator=generator).to(device)  # on the CPU: the same noise on every device
+        out.append(ddim_sample(guided_model(pipe.model, cond, w), cond.shape, pipe.schedule, steps=steps, x_T=x_T,
+                               clip_x0=True, device=device).cpu())
+    return torch.cat(out)
+
+
+def superres_table(pipe, n, *, factor=4, w=None, ws=SR_SWEEP, samples=4, other_factors=(2, 8), steps=50, batch=100,
+                   seed=0, device="cpu"):
+    """Everything lesson 09 measures on super-resolution, as ``quality.json["superres"]``, over ``n`` class-balanced
+    held-out digits (:func:`heldout_digits`) degraded by :func:`~course_lib.superres.downsample` (block average):
+
+    * ``table`` at ``factor``: the real digits (sharpness reference), bicubic upsampling (clamped to [-1, 1], as every
+      image shown), the diffusion SR at guidance
+      ``w`` (default ``superres.DEFAULT_W``; the first of ``samples`` samples per input), and the pixel-wise mean of the
+      ``samples`` samples (an estimate of the posterior mean, the answer a regression network trained on MSE aims at),
+      each with :func:`superres_scores`; the SR row adds ``diversity``, the per-pixel standard deviation across the
+      samples of one input, averaged;
+    * ``sweep``: the SR scores at each guidance ``ws`` (one sample per input, the same starting noise);
+    * ``factors``: bicubic and SR at ``w`` for each of ``other_factors``.
+
+    DDIM-``steps`` (eta 0), x0_hat clipped. Seconds per image are those of the sampling alone."""
+    from .superres import DEFAULT_W, downsample, upsample
+
+    w = DEFAULT_W if w is None else w
+    x_hr, labels = heldout_digits(n)
+    common = {"n": n, "sampler": "ddim", "steps": steps, "clip_x0": True}
+
+    def run(f, w_, sample_seed):
+        x_lr = downsample(x_hr, f)
+        start = time.perf_counter()
+        x_sr = _sr_samples(pipe, x_lr, w_, steps, sample_seed, batch, device)
+        return x_lr, x_sr, (time.perf_counter() - start) / n
+
+    x_lr = downsample(x_hr, factor)
+    draws, seconds = [], []
+    for k in range(samples):
+        _, x_sr, sec = run(factor, w, seed + k)
+        draws.append(x_sr)
+        seconds.append(sec)
+    draws = torch.stack(draws)  # (samples, n, 1, 32, 32)
+    table = [{"name": "real digits", "factor": factor, "sharpness": sharpness(x_hr).mean().item(),
+              "accuracy": class_accuracy(x_hr, labels), "psnr": None, "ssim": 1.0, "consistency": 0.0},
+             {"name": "bicubic", "factor": factor, **superres_scores(upsample(x_lr).clamp(-1, 1), x_lr, x_hr, labels)},
+             {"name": f"SR, w = {w:g}", "factor": factor, "w": w, **superres_scores(draws[0], x_lr, x_hr, labels),
+              "diversity": draws.std(0).mean().item() if samples > 1 else None, "samples": samples,
+              "seconds_per_image": sum(seconds) / len(seconds)},
+             {"name": f"mean of {samples} SR samples", "factor": factor, "w": w,
+              **superres_scores(draws.mean(0), x_lr, x_hr, labels)}]
+    for r in table:
+        print(json.dumps(r), flush=True)
+    sweep = []
+    for w_ in ws:
+        if w_ == w:
+            scores, sec = superres_scores(draws[0], x_lr, x_hr, labels), seconds[0]
+        else:
+            _, x_sr, sec = run(factor, w_, seed)
+            scores = superres_scores(x_sr, x_lr, x_hr, labels)
+        sweep.append({"w": w_, "factor": factor, **scores, "seconds_per_image": sec})
+        print(json.dumps(sweep[-1]), flush=True)
+    factors = []
+    for f in other_factors:
+        x_lr_f, x_sr, sec = run(f, w, seed)
+        factors += [{"name": "bicubic", "factor": f, **superres_scores(upsample(x_lr_f).clamp(-1, 1), x_lr_f, x_hr, labels)},
+                    {"name": f"SR, w = {w:g}", "factor": f, "w": w, **superres_scores(x_sr, x_lr_f, x_hr, labels),
+                     "seconds_per_image": sec}]
+        print(json.dumps(factors[-2:]), flush=True)
+    return {"model": pipe.name, "sha256": pipe.info.get("sha256"), "degradation": "block average (superres.downsample)",
+            "default_w": w, **common, "table": table, "sweep": sweep, "factors": factors}
+
+
+def inpainting_quality(pipe, n, n_cost=4, device="cpu"):
+    """Everything lesson 09 measures on inpainting, as ``quality.json["inpainting"]``: :func:`inpainting_table` with the
+    unconditional mode of ``pipe.model`` (its null class) and :func:`repaint_cost`."""
+    from .guidance import unconditional
+
+    model = unconditional(pipe.model, pipe.null_class)
+    return {"model": pipe.name, "sha256": pipe.info.get("sha256"), "clip_x0": True,
+            "masks": {name: 1 - inpainting_mask(name).mean().item() for name in INPAINT_MASKS},  # masked fraction
+            "table": inpainting_table(model, pipe.schedule, n, device=device),
+            "cost": repaint_cost(model, pipe.schedule, n_cost, device=device)}
+
+
 def main(argv=None):
     """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``.
 
@@ -571,7 +862,8 @@ def main(argv=None):
     import os
     import sys
 
-    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional", "cfg", "classifier_guidance", "latent")
+    parts = ("guidance", "samplers", "samplers_no_clip", "unconditional", "cfg", "classifier_guidance", "latent",
+             "inpainting", "superres")
     parser = argparse.ArgumentParser(description="Measure the shipped mnist-unet: DDIM vs ancestral, and guidance.")
     parser.add_argument("--n", type=int, default=500, help="samples per row of the sampler table")
     parser.add_argument("--n-slow", type=int, default=None,
@@ -582,6 +874,10 @@ def main(argv=None):
                         help="latent part (lesson 08): prompts per digit per guidance scale (x10 digits)")
     parser.add_argument("--n-attribute", type=int, default=50,
                         help="latent part: samples per digit of each attribute prompt (thick/thin, left/right)")
+    parser.add_argument("--n-inpainting", type=int, default=100,
+                        help="inpainting part (lesson 09): held-out digits per mask and method")
+    parser.add_argument("--n-superres", type=int, default=200,
+                        help="superres part (lesson 09): held-out digits per row (4 samples each in the main table)")
     parser.add_argument("--only", choices=parts, action="append", help="measure only these parts (repeatable)")
     parser.add_argument("--out", default=str(pretrained.FOLDER / "quality.json"))
     args = parser.parse_args(argv)
@@ -648,6 +944,10 @@ def main(argv=None):
         elif part == "latent":  # lesson 08: mnist-latent's prompt and attribute adherence, and its cost against mnist-unet
             result[part] = latent_quality(pretrained.load("mnist-latent"), unet, n_per_digit=args.n_latent,
                                           n_attribute=args.n_attribute)
+        elif part == "inpainting":  # lesson 09: the unconditional mode of mnist-unet fills in masked digits
+            result[part] = inpainting_quality(unet, args.n_inpainting)
+        elif part == "superres":  # lesson 09: mnist-sr against bicubic, a guidance sweep and the other factors
+            result[part] = superres_table(pretrained.load("mnist-sr"), args.n_superres)
     # Re-read the file just before writing when only some parts were measured: another run may have added its
     # own parts meanwhile (a sweep takes tens of minutes); keep them.
     if args.only and os.path.exists(args.out):

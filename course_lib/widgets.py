@@ -489,3 +489,226 @@ def prompt_explorer(pipe, prompt="a thick seven slanted left", w=None, steps=25,
     update()
     box.children = [W.HBox([box.prompt, box.w]), box.readout, box.out]
     return box
+
+
+# ---- lesson 09: inpainting (a mask to draw) and super-resolution (factor and guidance)
+
+#: the mask explorer's presets; "right columns" and "box" take the size slider (16 and 14: the table's masks)
+MASK_PRESETS = ("right columns", "box", "lines", "random pixels", "none")
+BRUSH_GRID = 8  # the brush: an 8 x 8 grid of toggles, each a 4 x 4 block of a 32 x 32 digit
+
+
+def preset_mask(name, size_px=16, image_size=32):
+    """The mask explorer's preset masks, ``keep_mask`` (1, 1, H, W) floats, 1 = known: ``"right columns"`` (the rightmost
+    ``size_px`` columns unknown), ``"box"`` (a centred square of side ``size_px`` unknown), ``"lines"`` and ``"random
+    pixels"`` (:func:`course_lib.metrics.inpainting_mask`, the table's), ``"none"`` (all known: draw with the brush)."""
+    from .metrics import inpainting_mask
+
+    if name not in MASK_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets are {', '.join(map(repr, MASK_PRESETS))}")
+    if not isinstance(size_px, int) or not 0 <= size_px <= image_size:
+        raise ValueError(f"size_px must be an int in 0..{image_size}, got {size_px!r}")
+    keep = torch.ones(1, 1, image_size, image_size)
+    if name == "right columns" and size_px > 0:
+        keep[..., image_size - size_px:] = 0
+    elif name == "box" and size_px > 0:
+        lo = (image_size - size_px) // 2
+        keep[..., lo:lo + size_px, lo:lo + size_px] = 0
+    elif name in ("lines", "random pixels"):
+        keep = inpainting_mask(name, image_size)
+    return keep
+
+
+def inpaint_digit(model, schedule, x0, keep_mask, x_T, steps, method="replace", seed=0, clip_x0=True, jump_length=5,
+                  jump_n_sample=3):
+    """What the mask explorer runs: ``len(x_T)`` completions of the one digit ``x0`` (1, 1, H, W) under ``keep_mask``,
+    from the starting noise ``x_T`` and a fresh ``torch.Generator().manual_seed(seed)`` (so the same mask always gives
+    the same completions). RePaint uses ``jump_length`` (at most ``steps``) and ``jump_n_sample`` on the grid of ``steps``."""
+    from .inpainting import inpaint
+
+    x_known = x0.to(x_T.device).expand(len(x_T), *x0.shape[1:])  # (S, 1, H, W): the digit, once per sample
+    options = {"jump_length": min(jump_length, steps), "jump_n_sample": jump_n_sample} if method == "repaint" else {}
+    with torch.no_grad():
+        return inpaint(model, x_known, keep_mask.to(x_T.device), schedule, steps=steps, method=method, x_T=x_T,
+                       generator=torch.Generator().manual_seed(seed), clip_x0=clip_x0, **options)
+
+
+def masked_view(x, keep):
+    """The digit as the sampler sees it: known pixels, the unknown ones in mid-grey with a red tint (RGB, (B, 3, H, W))."""
+    grey = ((x + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1).clone()  # (B, 3, H, W) in [0, 1]
+    hole = (keep < 0.5).expand_as(grey)
+    tint = torch.tensor([0.85, 0.35, 0.35]).view(1, 3, 1, 1).expand_as(grey)
+    return torch.where(hole, tint, grey) * 2 - 1  # back to [-1, 1] for plotting.show_images
+
+
+def mask_explorer(model, schedule, images, labels, index=0, preset="right columns", size_px=16, method="replace",
+                  steps=25, samples=4, generator_seed=0, clip_x0=True, jump_length=5, jump_n_sample=3, device="cpu"):
+    """Lesson 09. Draw a mask on a digit, or pick a preset, and fill in the rest with the unconditional ``model(x_t, t)``
+    (:func:`~course_lib.inpainting.inpaint`): ``samples`` completions of the digit ``images[index]`` from one fixed
+    starting noise, each read by the evaluation classifier of :mod:`course_lib.metrics` against ``labels[index]``.
+
+    Controls: ``digit`` (the index), ``preset`` (:data:`MASK_PRESETS`), ``size_px`` (the width of "right columns", the
+    side of "box"), ``method`` ("clean", "replace", "repaint"), the brush ``cells`` (an 8 x 8 grid of toggles, row by
+    row; a toggle that is down masks its 4 x 4 block, on top of the preset) and the ``run`` button. Changing the digit,
+    preset, size or method inpaints at once; the brush only redraws the mask, and ``run`` (``.click()``) inpaints.
+
+    Attributes: ``keep_mask`` (1, 1, 32, 32), 1 = known; ``masked_fraction``; ``x_T`` (the fixed noise, drawn on the
+    CPU from ``generator_seed``, on ``device``); ``completions``; ``predicted`` (their labels); ``label``; ``kept``
+    (how many completions keep the original's label); ``seconds``; ``n_steps``; ``readout``. ``stale`` is True while
+    the brush has changed the mask since the last run. ``run_now()`` inpaints from code.
+    """
+    from .metrics import predict_labels
+
+    images, labels = images.cpu(), torch.as_tensor(labels).cpu()
+    box = W.VBox()
+    box.model, box.schedule, box.device, box.n_steps = model, schedule, device, steps
+    box.x_T = torch.randn((samples, *images.shape[1:]), generator=torch.Generator().manual_seed(generator_seed)).to(device)
+    box.seed = generator_seed + 1
+    box.digit = W.IntSlider(value=index, min=0, max=len(images) - 1, description="digit", continuous_update=False)
+    box.preset = W.Dropdown(options=list(MASK_PRESETS), value=preset, description="mask")
+    box.size_px = W.IntSlider(value=size_px, min=0, max=images.shape[-1], step=2, description="size (px)",
+                              continuous_update=False)
+    box.method = W.Dropdown(options=["clean", "replace", "repaint"], value=method, description="method")
+    box.run = W.Button(description="inpaint", button_style="primary")
+    box.cells = [W.ToggleButton(value=False, layout=W.Layout(width="24px", height="20px", padding="0px"))
+                 for _ in range(BRUSH_GRID * BRUSH_GRID)]
+    box.readout = W.HTML()
+    box.out = W.Output()
+    box.stale = False
+    block = images.shape[-1] // BRUSH_GRID
+
+    def current_mask():
+        keep = preset_mask(box.preset.value, box.size_px.value, images.shape[-1])
+        drawn = torch.tensor([c.value for c in box.cells], dtype=torch.float).view(1, 1, BRUSH_GRID, BRUSH_GRID)
+        drawn = drawn.repeat_interleave(block, -1).repeat_interleave(block, -2)  # (1, 1, 32, 32)
+        return keep * (1 - drawn)
+
+    def draw(x0):
+        keep = box.keep_mask
+        fig, axes = plt.subplots(1, 3, figsize=(9.5, 2.0), gridspec_kw={"width_ratios": [1, 1, max(len(box.x_T), 1)]})
+        plotting.show_images(x0, nrow=1, ax=axes[0], title=f"original ({box.label})")
+        plotting.show_images(masked_view(x0, keep), nrow=1, ax=axes[1], title=f"masked {box.masked_fraction:.0%}")
+        if box.stale or box.completions is None:
+            axes[2].axis("off")
+            axes[2].set_title("mask changed: press 'inpaint'", fontsize=9)
+        else:
+            plotting.show_images(box.completions.clamp(-1, 1), nrow=len(box.completions), ax=axes[2],
+                                 labels=[str(p) for p in box.predicted.tolist()],
+                                 title=f"{box.method.value}: {box.kept} of {len(box.completions)} read as {box.label}")
+        fig.tight_layout()
+        _redraw(box.out, fig)
+
+    def refresh_mask(change=None):
+        box.keep_mask = current_mask()
+        box.masked_fraction = 1 - box.keep_mask.mean().item()
+        box.size_px.disabled = box.preset.value not in ("right columns", "box")
+        box.label = int(labels[box.digit.value])
+
+    def run_now(change=None):
+        refresh_mask()
+        x0 = images[box.digit.value:box.digit.value + 1]
+        start = time.perf_counter()
+        box.completions = inpaint_digit(model, schedule, x0, box.keep_mask, box.x_T, steps, box.method.value, box.seed,
+                                        clip_x0, jump_length, jump_n_sample).cpu()
+        box.seconds = time.perf_counter() - start
+        box.predicted = predict_labels(box.completions)
+        box.kept = int((box.predicted == box.label).sum())
+        box.stale = False
+        box.readout.value = (f"digit {box.digit.value} (a {box.label}), mask '{box.preset.value}'"
+                             + (f" {box.size_px.value} px" if not box.size_px.disabled else "")
+                             + f" + {sum(c.value for c in box.cells)} brush blocks: <b>{box.masked_fraction:.1%}</b> "
+                             f"of the pixels unknown; {box.method.value}, {steps} steps: the completions read as "
+                             f"{box.predicted.tolist()}, <b>{box.kept} of {len(box.completions)}</b> keep the {box.label}; "
+                             f"{box.seconds:.1f} s")
+        draw(x0)
+
+    def brushed(change=None):
+        refresh_mask()
+        box.stale = True
+        box.readout.value = (f"{box.masked_fraction:.1%} of the pixels unknown (brush: "
+                             f"{sum(c.value for c in box.cells)} blocks): press <b>inpaint</b>")
+        draw(images[box.digit.value:box.digit.value + 1])
+
+    box.completions = None
+    box.run_now = run_now
+    for control in (box.digit, box.preset, box.size_px, box.method):
+        control.observe(run_now, names="value")
+    for cell in box.cells:
+        cell.observe(brushed, names="value")
+    box.run.on_click(lambda button: run_now())
+    run_now()
+    grid = W.VBox([W.HBox(box.cells[r * BRUSH_GRID:(r + 1) * BRUSH_GRID]) for r in range(BRUSH_GRID)])
+    brush = W.VBox([W.HTML("brush: a toggle masks its 4x4 block"), grid])
+    box.children = [W.HBox([W.VBox([box.digit, box.preset, box.size_px, box.method, box.run]), brush]), box.readout,
+                    box.out]
+    return box
+
+
+def superres_explorer(pipe, images, labels, index=0, factor=4, w=None, samples=4, steps=25, generator_seed=0,
+                      w_max=5.0, device="cpu"):
+    """Lesson 09. Super-resolve a held-out digit with the shipped ``mnist-sr`` (``pipe``): pick the digit, the downscale
+    factor (2, 4 or 8, :data:`course_lib.superres.FACTORS`) and the guidance ``w`` on the low-res image; see the
+    original, its block-averaged low-res version, bicubic upsampling and ``samples`` diffusion samples (DDIM-``steps``,
+    the same starting noise every time), with PSNR, consistency (MSE of downsample(SR) against the input) and the class
+    each one is read as.
+
+    Attributes: ``digit``, ``factor``, ``w`` (controls); ``x_lr``, ``bicubic``, ``sr`` (the samples), ``predicted``
+    (labels of the SR samples), ``label``, ``psnr_sr``/``psnr_bicubic`` (dB, mean over the samples),
+    ``consistency_sr``/``consistency_bicubic``, ``sharpness_sr``/``sharpness_bicubic``/``sharpness_real``, ``diversity``
+    (per-pixel std across the samples), ``seconds``, ``readout``.
+    """
+    from . import metrics
+    from .superres import DEFAULT_W, FACTORS, condition, downsample, guided_model, upsample
+
+    images, labels = images.cpu(), torch.as_tensor(labels).cpu()
+    w = DEFAULT_W if w is None else w
+    box = W.VBox()
+    box.x_T = torch.randn((samples, *images.shape[1:]), generator=torch.Generator().manual_seed(generator_seed)).to(device)
+    box.digit = W.IntSlider(value=index, min=0, max=len(images) - 1, description="digit", continuous_update=False)
+    box.factor = W.Dropdown(options=list(FACTORS), value=factor, description="factor")
+    box.w = W.FloatSlider(value=w, min=0.0, max=w_max, step=0.5, description="w", readout_format=".1f",
+                          continuous_update=False)
+    box.readout = W.HTML()
+    box.out = W.Output()
+
+    def update(change=None):
+        x0 = images[box.digit.value:box.digit.value + 1]
+        box.label = int(labels[box.digit.value])
+        f = box.factor.value
+        box.x_lr = downsample(x0, f)  # (1, 1, 32/f, 32/f)
+        box.bicubic = upsample(box.x_lr).clamp(-1, 1)
+        cond = condition(box.x_lr.to(device)).expand(samples, -1, -1, -1)  # (S, 1, 32, 32)
+        start = time.perf_counter()
+        with torch.no_grad():
+            box.sr = ddim_sample(guided_model(pipe.model, cond, box.w.value), cond.shape, pipe.schedule, steps=steps,
+                                 x_T=box.x_T, clip_x0=True).cpu()
+        box.seconds = time.perf_counter() - start
+        box.predicted = metrics.predict_labels(box.sr)
+        box.psnr_sr = metrics.psnr(box.sr, x0.expand_as(box.sr)).mean().item()
+        box.psnr_bicubic = metrics.psnr(box.bicubic, x0).item()
+        box.consistency_sr = (downsample(box.sr, f) - box.x_lr).square().mean().item()
+        box.consistency_bicubic = (downsample(box.bicubic, f) - box.x_lr).square().mean().item()
+        box.sharpness_sr = metrics.sharpness(box.sr).mean().item()
+        box.sharpness_bicubic = metrics.sharpness(box.bicubic).item()
+        box.sharpness_real = metrics.sharpness(x0).item()
+        box.diversity = box.sr.std(0).mean().item() if samples > 1 else 0.0
+        right = int((box.predicted == box.label).sum())
+        box.readout.value = (
+            f"a {box.label}, x{f} ({32 // f}x{32 // f} -> 32x32), w = {box.w.value:.1f}: "
+            f"SR read as {box.predicted.tolist()} (<b>{right} of {samples}</b> right), bicubic as "
+            f"{metrics.predict_labels(box.bicubic).item()}<br>PSNR bicubic {box.psnr_bicubic:.1f} dB, SR {box.psnr_sr:.1f} dB; "
+            f"consistency (MSE of the downsampled result vs the input) bicubic {box.consistency_bicubic:.4f}, "
+            f"SR {box.consistency_sr:.4f}; sharpness real {box.sharpness_real:.3f}, bicubic {box.sharpness_bicubic:.3f}, "
+            f"SR {box.sharpness_sr:.3f}; diversity {box.diversity:.3f}; {box.seconds:.1f} s")
+        low = box.x_lr.repeat_interleave(f, -1).repeat_interleave(f, -2)  # shown as blocks, at 32x32
+        row = torch.cat([x0, low, box.bicubic, box.sr])
+        fig, ax = plt.subplots(figsize=(1.0 * len(row) + 0.5, 1.45))
+        plotting.show_images(row, nrow=len(row), ax=ax, labels=["original", f"input x{f}", "bicubic"]
+                             + [f"SR: {p}" for p in box.predicted.tolist()])
+        _redraw(box.out, fig)
+
+    for control in (box.digit, box.factor, box.w):
+        control.observe(update, names="value")
+    update()
+    box.children = [W.HBox([box.digit, box.factor, box.w]), box.readout, box.out]
+    return box

@@ -218,3 +218,130 @@ def test_repaint_timesteps_mistakes_are_named(fn, words):
 def test_stub_propagates(check):
     with pytest.raises(NotImplementedError):
         check(_stub)
+
+
+# ======================================================================================== super-resolution
+# ---------------------------------------------------------------------------------------- 9.4
+
+import torch.nn.functional as F  # noqa: E402
+
+from course_lib import superres  # noqa: E402
+
+
+def good_sr_eps(net, x_t, t, x_lr, w):
+    cond = superres.condition(x_lr)
+    x_in = torch.cat([torch.cat([x_t, cond], 1), torch.cat([x_t, torch.zeros_like(cond)], 1)])  # (2B, 2, H, W)
+    eps_c, eps_u = net(x_in, torch.cat([t, t])).chunk(2)
+    return eps_u + w * (eps_c - eps_u)
+
+
+def good_sr_eps_two_passes(net, x_t, t, x_lr, w):
+    cond = F.interpolate(x_lr, size=(32, 32), mode="bicubic", align_corners=False)
+    eps_c = net(torch.cat([x_t, cond], 1), t)
+    eps_u = net(torch.cat([x_t, torch.zeros_like(cond)], 1), t)
+    return eps_u + w * (eps_c - eps_u)
+
+
+def _sr_with(cond=superres.condition, null=torch.zeros_like, order=lambda a, b: [a, b], dim=1, tt=lambda t: torch.cat([t, t]),
+             combine=lambda c, u, w: u + w * (c - u)):
+    def fn(net, x_t, t, x_lr, w):
+        c = cond(x_lr)
+        x_in = torch.cat([torch.cat(order(x_t, c), dim), torch.cat(order(x_t, null(c)), dim)])
+        eps_c, eps_u = net(x_in, tt(t)).chunk(2)
+        return combine(eps_c, eps_u, w)
+    return fn
+
+
+def sr_eps_conditional_only(net, x_t, t, x_lr, w):
+    return net(torch.cat([x_t, superres.condition(x_lr)], 1), t)
+
+
+def test_sr_eps_references_pass(capsys):
+    lesson09.check_sr_eps(good_sr_eps)
+    lesson09.check_sr_eps(good_sr_eps_two_passes)
+    lesson09.check_sr_eps(lambda net, x_t, t, x_lr, w: superres.guided_model(net, superres.condition(x_lr), w)(x_t, t))
+    assert "Exercise 9.4 passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_sr_with(cond=lambda x: F.interpolate(x, size=(32, 32), mode="nearest")), "wrong interpolation"),
+    (_sr_with(cond=lambda x: F.interpolate(x, size=(32, 32), mode="bilinear")), "wrong interpolation"),
+    (_sr_with(cond=lambda x: superres.condition(x).clamp(-1, 1)), "do not clamp"),
+    (_sr_with(cond=lambda x: x), "condition not upsampled"),
+    (_sr_with(null=lambda c: -torch.ones_like(c)), "null condition: the training replaced"),
+    (_sr_with(null=lambda c: c), "null condition not used"),
+    (sr_eps_conditional_only, "null condition not used"),
+    (_sr_with(null=lambda c: torch.rand(c.shape, generator=torch.Generator().manual_seed(0))), "neither the bicubic"),
+    (_sr_with(order=lambda a, b: [b, a]), "channel order swapped"),
+    (_sr_with(dim=0), "concatenated along the channel dimension"),
+    (_sr_with(tt=lambda t: t), "one timestep per image"),
+    (_sr_with(combine=lambda c, u, w: (1 + w) * c - w * u), "w and s confused"),
+    (_sr_with(combine=lambda c, u, w: u + (w - 1) * (c - u)), "off by one"),
+    (_sr_with(combine=lambda c, u, w: c + w * (u - c)), "eps_c and eps_u swapped"),
+    (_sr_with(combine=lambda c, u, w: c), "no guidance"),
+    (_sr_with(combine=lambda c, u, w: u + 0.9 * w * (c - u)), "Hint: cond = F.interpolate"),
+])
+def test_sr_eps_mistakes_are_named(fn, words):
+    with pytest.raises(ExerciseError, match=words):
+        lesson09.check_sr_eps(fn)
+
+
+def test_sr_eps_in_place_is_named():
+    def in_place(net, x_t, t, x_lr, w):
+        out = good_sr_eps(net, x_t, t, x_lr, w)
+        x_lr.clamp_(-0.5, 0.5)
+        return out
+    with pytest.raises(ExerciseError, match="in place"):
+        lesson09.check_sr_eps(in_place)
+
+
+# ---------------------------------------------------------------------------------------- 9.5
+
+@pytest.fixture
+def fake_columns(monkeypatch):
+    """Completions keep the digit in 4 of 4 up to 10 columns, then 2, then (from 14 on) 1, 0, ...; no sampling."""
+    table = {0: 4, 2: 4, 4: 4, 6: 3, 8: 4, 10: 2, 12: 2, 14: 1, 16: 0}
+
+    def kept_at(model, schedule, x0, label, columns, x_T, steps, seed, method="replace"):
+        return table.get(columns, 0)
+    monkeypatch.setattr(lesson09, "kept_at", kept_at)
+    return dict(model=None, schedule=None, x0=torch.zeros(1, 1, 32, 32), label=7, x_T=torch.zeros(4, 1, 32, 32),
+                steps=25, seed=1)
+
+
+def test_smallest_columns_right_answer_passes(fake_columns, capsys):
+    lesson09.check_smallest_columns(14, **fake_columns)
+    lesson09.check_smallest_columns(14.0, **fake_columns)
+    out = capsys.readouterr().out
+    assert "Exercise 9.5 passed" in out and "(1 of 4; at 12 columns 2 of 4 did)" in out and "44% of the pixels" in out
+
+
+@pytest.mark.parametrize("answer, words", [
+    (12, "2 of 4 completions are still read"),
+    (16, "SMALLEST"),
+    (13, "grid"),
+    (0.44, "fraction of the image"),
+    (40, "outside the slider's range"),
+    ("14", "whole number of columns"),
+    (True, "whole number of columns"),
+])
+def test_smallest_columns_mistakes_are_named(fake_columns, answer, words):
+    with pytest.raises(ExerciseError, match=words):
+        lesson09.check_smallest_columns(answer, **fake_columns)
+
+
+def test_kept_at_inpaints_with_the_real_model():
+    from course_lib import guidance, metrics, pretrained
+    pipe = pretrained.load("mnist-unet")
+    x, y = metrics.heldout_digits(3)
+    x_T = torch.randn((2, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    model = guidance.unconditional(pipe.model)
+    # nothing masked: the completions are the digit itself, which the classifier reads right
+    assert lesson09.kept_at(model, pipe.schedule, x[1:2], int(y[1]), 0, x_T, steps=2, seed=1) == 2
+    assert 0 <= lesson09.kept_at(model, pipe.schedule, x[1:2], int(y[1]), 16, x_T, steps=2, seed=1) <= 2
+
+
+@pytest.mark.parametrize("check", [lesson09.check_sr_eps])
+def test_sr_stub_propagates(check):
+    with pytest.raises(NotImplementedError):
+        check(_stub)

@@ -1,6 +1,7 @@
 """Checks for lesson 09 (applications): inpainting. The known region at the level of step t (9.1), RePaint's
 jump back up (9.2), and RePaint's visiting order (9.3). Super-resolution checks go in the separate section at
-the end of this file.
+the end of this file: the guided eps on the low-resolution image (9.4); then the mask widget's question, the
+smallest masked area at which the completed digit changes class (9.5).
 
 The two noisy exercises are judged by their *statistics*, not by matching our random draws: on 16,384 pixels
 of +-1, the check measures the coefficient c of x in the result (a regression through the origin) and the
@@ -13,10 +14,12 @@ calls with the same generator must differ (fresh noise) and two equally seeded g
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..inpainting import inpaint_nfe, repaint_timesteps
 from ..schedules import make_schedule
-from . import expect_tensor, fail, passed
+from ..superres import FACTORS, condition
+from . import _close, diagnose, expect_tensor, fail, passed
 
 _N_SHAPE = (4, 1, 64, 64)  # 16,384 pixels for the statistics
 
@@ -290,5 +293,200 @@ def check_repaint_timesteps(my_repaint_timesteps):
 
 
 # ----------------------------------------------------------------------------------------------
-# Super-resolution (exercises 9.4 and after): checks to come with course_lib.superres
+# Super-resolution (exercise 9.4): the guided eps on the low-resolution image (SR3 Sec. 2.4 + CFG)
 # ----------------------------------------------------------------------------------------------
+
+class _SRNet(torch.nn.Module):
+    """A fixed random network with the signature of the shipped ``mnist-sr``: ``net(x, t)``, x = [x_t, condition]
+    (B, 2, H, W) -> eps (B, 1, H, W). Nonlinear in both channels and in t; it records every input it is given."""
+
+    def __init__(self, seed=94):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w1", torch.randn(8, 2, 3, 3, generator=g) * 0.5)
+        self.register_buffer("w2", torch.randn(1, 8, 3, 3, generator=g) * 0.5)
+        self.calls = []
+
+    def forward(self, x, t):
+        ex = "9.4"
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 2:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            fail(ex, f"the network was called with an input of shape {got}",
+                 "the SR network takes TWO channels, [x_t, condition] concatenated along the channel dimension: "
+                 "torch.cat([x_t, cond], dim=1) is (B, 2, 32, 32); dim=0 would stack them as more images")
+        t = torch.as_tensor(t)
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            fail(ex, f"the network got {x.shape[0]} images but t of shape {tuple(t.shape)}",
+                 "one timestep per image: for the batch of 2B pass torch.cat([t, t])")
+        self.calls.append(x.detach().clone())
+        h = torch.tanh(F.conv2d(x.float(), self.w1, padding=1) * (1 + t.float().view(-1, 1, 1, 1) / 1000))
+        return F.conv2d(h, self.w2, padding=1)
+
+
+def _sr_inputs(factor, B=3, seed=95):
+    g = torch.Generator().manual_seed(seed + factor)
+    x_t = torch.randn((B, 1, 32, 32), generator=g)
+    x_lr = torch.rand((B, 1, 32 // factor, 32 // factor), generator=g) * 2 - 1
+    t = torch.tensor([999, 500, 20][:B])
+    return x_t, t, x_lr
+
+
+def _row_kinds(rows, candidates):
+    """For each (H, W) condition channel in ``rows``, the name of the first candidate (name, (B, 1, H, W)) that one of
+    whose images it equals, or "other"."""
+    kinds = []
+    for r in rows:
+        name = next((n for n, c in candidates if any(torch.allclose(r.double(), c_b[0].double(), atol=1e-5)
+                                                      for c_b in c)), "other")
+        kinds.append(name)
+    return kinds
+
+
+def check_sr_eps(sr_eps_fn):
+    """``sr_eps_fn(net, x_t, t, x_lr, w)`` -> eps_u + w (eps_c - eps_u), where eps_c = net([x_t, up(x_lr)], t) with
+    up = bicubic upsampling to 32x32 (``superres.condition``), eps_u = net([x_t, 0], t) (the zeroed condition of
+    condition dropout), the two channels concatenated along dim 1."""
+    ex = "9.4"
+    hint = ("cond = F.interpolate(x_lr, size=(32, 32), mode='bicubic', align_corners=False) (= superres.condition(x_lr)); "
+            "x_in = torch.cat([torch.cat([x_t, cond], 1), torch.cat([x_t, torch.zeros_like(cond)], 1)]); "
+            "eps_c, eps_u = net(x_in, torch.cat([t, t])).chunk(2); return eps_u + w * (eps_c - eps_u)")
+    for factor in FACTORS:
+        x_t, t, x_lr = _sr_inputs(factor)
+        up = lambda mode, **kw: F.interpolate(x_lr, size=(32, 32), mode=mode, **kw)  # noqa: E731
+        cond = condition(x_lr)  # (B, 1, 32, 32) bicubic
+        candidates = [("bicubic", cond), ("zeros", torch.zeros_like(cond)), ("minus one", -torch.ones_like(cond)),
+                      ("bicubic clamped", cond.clamp(-1, 1)), ("nearest", up("nearest")),
+                      ("bilinear", up("bilinear", align_corners=False)), ("bilinear", up("bilinear", align_corners=True)),
+                      ("bicubic", up("bicubic", align_corners=True)), ("x_t", x_t)]
+        ref = _SRNet()
+        with torch.no_grad():
+            eps_c = ref(torch.cat([x_t, cond], 1), t)
+            eps_u = ref(torch.cat([x_t, torch.zeros_like(cond)], 1), t)
+        for w in (2.5, 0.0, 1.0, 4.0):
+            net = _SRNet()
+            x_t_before, x_lr_before = x_t.clone(), x_lr.clone()
+            try:
+                out = sr_eps_fn(net, x_t, t, x_lr, w)
+            except RuntimeError as error:
+                if "size" in str(error).lower() and not net.calls:
+                    fail(ex, f"with x_lr of shape {tuple(x_lr.shape)} (factor {factor}) your function raised: {error}",
+                         "condition not upsampled: the low-res image (B, 1, 32/f, 32/f) must be brought to 32x32 by "
+                         "bicubic interpolation before it is concatenated with x_t (superres.condition(x_lr))")
+                raise
+            if not torch.equal(x_t, x_t_before) or not torch.equal(x_lr, x_lr_before):
+                fail(ex, "your function changed x_t or x_lr in place", "build new tensors (torch.cat, F.interpolate)")
+            expect_tensor(ex, out, x_t.shape, f"sr_eps(..., x_lr of {tuple(x_lr.shape)}, w={w})")
+            if not net.calls:
+                fail(ex, "your function never called the network it was given", "call net(x_in, t_in) with the "
+                     "inputs you built; do not use another model")
+            seen = torch.cat(net.calls)  # (N, 2, 32, 32)
+            ch0 = _row_kinds(seen[:, 0], [("x_t", x_t)])
+            if any(k != "x_t" for k in ch0):
+                if all(k == "x_t" for k in _row_kinds(seen[:, 1], [("x_t", x_t)])):
+                    fail(ex, "the network's first channel is not x_t",
+                         "channel order swapped: the network was trained on [x_t, condition], x_t FIRST "
+                         "(torch.cat([x_t, cond], dim=1)); its output is the noise of channel 0")
+                fail(ex, "the network's first input channel is not x_t as given",
+                     "pass x_t itself as channel 0 (not noised again, not scaled)")
+            kinds = _row_kinds(seen[:, 1], candidates)
+            if "nearest" in kinds or "bilinear" in kinds:
+                fail(ex, f"the condition channel is the {'nearest' if 'nearest' in kinds else 'bilinear'} upsampling "
+                         "of x_lr", "wrong interpolation: mnist-sr was trained on the BICUBIC upsampling, "
+                         "F.interpolate(x_lr, size=(32, 32), mode='bicubic', align_corners=False) = "
+                         "superres.condition(x_lr); any other condition is an input it never saw")
+            if "bicubic clamped" in kinds:
+                fail(ex, "the condition channel is the bicubic upsampling clamped to [-1, 1]",
+                     "do not clamp the condition: the network was trained on the bicubic upsampling as it comes out "
+                     "(it overshoots [-1, 1] a little at edges)")
+            if "x_t" in kinds:
+                fail(ex, "the condition channel holds x_t", "channel order: [x_t, condition], with the upsampled "
+                     "low-res image as the second channel")
+            if "minus one" in kinds:
+                fail(ex, "your unconditional pass gives the condition channel the value -1",
+                     "null condition: the training replaced the condition by ZEROS for 10% of the samples "
+                     "(superres.sr_loss, condition dropout), so zeros mean 'no condition'; -1 is the background of "
+                     "a digit, i.e. the condition of an empty image")
+            if "other" in kinds:
+                fail(ex, "the condition channel holds something that is neither the bicubic upsampling of x_lr nor "
+                         "zeros", hint)
+            if w not in (0.0, 1.0) and "zeros" not in kinds:
+                fail(ex, f"at w = {w} the network never saw a zeroed condition",
+                     "null condition not used: eps_u is the network's answer WITHOUT the low-res image, the condition "
+                     "channel set to zeros (torch.zeros_like(cond)); you evaluated the conditional model only")
+            if w not in (0.0, 1.0) and "bicubic" not in kinds:
+                fail(ex, f"at w = {w} the network never saw the upsampled low-res image",
+                     "condition missing: eps_c needs [x_t, superres.condition(x_lr)]")
+            expected = eps_u + w * (eps_c - eps_u)
+            mistakes = [
+                ((1 + w) * eps_c - w * eps_u,
+                 "w and s confused: (1 + w) eps_c - w eps_u is Ho & Salimans' convention; the course's (and "
+                 "superres.guided_model's) is eps_u + w (eps_c - eps_u), where w = 1 is the plain conditional model"),
+                (eps_u + (w - 1) * (eps_c - eps_u), "off by one: the weight of (eps_c - eps_u) is w itself"),
+                (eps_c + w * (eps_u - eps_c),
+                 "eps_c and eps_u swapped: start from the unconditional eps (zeroed condition) and move w times along "
+                 "eps_c - eps_u; check which half of the 2B batch carries the condition"),
+                (eps_c, "no guidance: you returned the conditional eps; combine it with eps_u as eps_u + w (eps_c - eps_u)"),
+                (eps_u, "you returned the unconditional eps: the result is eps_u + w (eps_c - eps_u)"),
+            ]
+            diagnose(ex, out, expected, [(m, h) for m, h in mistakes if not _close(m, expected)],
+                     f"sr_eps at w = {w}, factor {factor}", hint)
+    passed(ex, "eps_u + w (eps_c - eps_u) with eps_c = net([x_t, bicubic(x_lr)], t) and eps_u = net([x_t, 0], t), for "
+               "factors 2, 4 and 8 and w = 0, 1, 2.5, 4.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 9.5 (widget): the smallest masked area at which the completed digit changes class
+# ----------------------------------------------------------------------------------------------
+
+def kept_at(model, schedule, x0, label, columns, x_T, steps, seed, method="replace"):
+    """How many completions of the digit ``x0`` (1, 1, H, W), with its rightmost ``columns`` columns masked, the
+    evaluation classifier reads as ``label``: one call of ``inpainting.inpaint`` on ``len(x_T)`` copies from the
+    starting noise ``x_T`` and ``torch.Generator().manual_seed(seed)``, x0_hat clipped (what the mask explorer runs)."""
+    from ..inpainting import inpaint
+    from ..metrics import predict_labels
+
+    keep = torch.ones((1, 1) + tuple(x0.shape[-2:]), device=x_T.device)
+    if columns > 0:
+        keep[..., x0.shape[-1] - columns:] = 0
+    x_known = x0.to(x_T.device).expand(len(x_T), *x0.shape[1:])
+    with torch.no_grad():
+        out = inpaint(model, x_known, keep, schedule, steps=steps, method=method, x_T=x_T,
+                      generator=torch.Generator().manual_seed(seed), clip_x0=True)
+    return int((predict_labels(out.cpu()) == int(label)).sum())
+
+
+def check_smallest_columns(answer, model, schedule, x0, label, x_T, steps, seed, step=2, method="replace"):
+    """``answer``: the smallest number of masked columns (from the right, on the slider's grid of ``step``) at which
+    fewer than half of the mask explorer's completions keep the digit's ``label``."""
+    ex = "9.5"
+    width = x0.shape[-1]
+    S = len(x_T)
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        if isinstance(answer, float) and 0 < answer < 1:
+            fail(ex, f"answer = {answer} looks like a fraction of the image",
+                 "enter the number of masked columns, the value of the size slider (0-32), not the masked area")
+        fail(ex, f"answer should be a whole number of columns, got {answer!r}",
+             "read the size slider of the 'right columns' preset and enter its value, e.g. answer = 12")
+    if not 0 <= answer <= width:
+        fail(ex, f"answer = {answer} is outside the slider's range 0..{width}",
+             "enter the number of masked columns, the value of the size slider")
+    if answer % step:
+        fail(ex, f"{answer} columns is not on the slider's grid (steps of {step})",
+             f"the slider moves in steps of {step}: enter one of its values")
+    kept = kept_at(model, schedule, x0, label, answer, x_T, steps, seed, method)
+    if 2 * kept >= S:
+        fail(ex, f"at {answer} masked columns {kept} of {S} completions are still read as a {label}",
+             "not there yet: look for the first slider value at which FEWER than half of the completions keep the "
+             f"digit (at most {(S - 1) // 2} of {S}); the readout says how many do")
+    for k in range(0, answer, step):
+        k_kept = kept_at(model, schedule, x0, label, k, x_T, steps, seed, method)
+        if 2 * k_kept < S:
+            fail(ex, f"at {answer} columns only {kept} of {S} keep the {label}, but already at {k} columns only "
+                     f"{k_kept} of {S} do", "the question asks for the SMALLEST such number of columns: move the "
+                     "slider up from 0 one notch at a time and stop at the first value where fewer than half keep it")
+    before = kept_at(model, schedule, x0, label, answer - step, x_T, steps, seed, method) if answer >= step else None
+    passed(ex, f"masking the rightmost {answer} columns ({answer / width:.0%} of the pixels) is the first setting at which "
+               f"fewer than half of the completions keep the {label} ({kept} of {S}"
+               + (f"; at {answer - step} columns {before} of {S} did)." if before is not None else ")."))
