@@ -35,7 +35,7 @@ TOKEN_ID = {w: i for i, w in enumerate(VOCAB)}
 MAX_LEN = 8  # START + up to 7 words
 THICKNESS = ("thin", None, "thick")  # tertiles of ink within class; the middle third is not named
 SLANT = ("slanted left", "upright", "slanted right")  # tertiles of shear within class
-DEFAULT_W = 3.0  # the lesson's default guidance scale s (eps_u + s (eps_c - eps_u)); see lesson 08
+DEFAULT_W = 2.0  # the default guidance scale s (eps_u + s (eps_c - eps_u)): from lesson 08's sweep (quality.json["latent"])
 
 
 # --------------------------------------------------------------------------- attributes

@@ -306,14 +306,15 @@ def text_samples(pipe, prompts, s, steps=50, batch=100, seed=0):
 def prompt_adherence(pipe, scales=LATENT_SCALES, n_per_digit=50, steps=50, batch=100, seed=0):
     """Lesson 08's prompt adherence: for each guidance scale s, DDIM-``steps`` samples of class-only prompts for
     every digit (:func:`digit_prompts`, the same starting noise at every s), classified by the evaluation classifier.
-    One row per s: ``accuracy`` (all digits), ``per_digit`` (10 accuracies), ``by_form`` (accuracy per prompt form),
-    ``seconds_per_image``."""
+    One row per s: :func:`quality` (``accuracy``, classifier-FID with its floor, within-class ``spread``: the prompts
+    are class-balanced, as the FID reference is), ``per_digit`` (10 accuracies), ``by_form`` (accuracy per prompt
+    form), ``seconds_per_image``."""
     prompts, labels, forms = digit_prompts(n_per_digit)
     rows = []
     for s in scales:
         images, seconds = text_samples(pipe, prompts, s, steps=steps, batch=batch, seed=seed)
         right = predict_labels(images) == labels  # (N,)
-        row = {"s": float(s), "n": len(prompts), "steps": steps, "accuracy": right.float().mean().item(),
+        row = {"s": float(s), "steps": steps, **quality(images, labels),
                "per_digit": [round(right[labels == d].float().mean().item(), 4) for d in range(10)],
                "by_form": {f: round(right[[g == f for g in forms]].float().mean().item(), 4) for f in PROMPT_FORMS
                            if f in forms},
@@ -461,7 +462,7 @@ def latent_cost(latent_pipe, pixel_pipe, batch=64, repeats=5, steps=50, seed=0):
     per image: the 2B-batch pass of classifier-free guidance, at B = ``batch``), ``sample_mflops`` (a whole DDIM-``steps``
     sample with guidance: 2 passes per step, plus the decoder and two prompt encodings for the latent pipeline),
     ``sample_seconds`` (one DDIM-``steps`` guided sample, measured end to end on ``batch`` images, per image).
-    Timings are medians of ``repeats`` interleaved runs."""
+    Timings are medians of ``repeats`` interleaved runs (whole samples: of (``repeats`` + 1) // 2 runs)."""
     from . import latent
     from .guidance import classifier_free
     from .samplers import ddim_sample
@@ -488,7 +489,7 @@ def latent_cost(latent_pipe, pixel_pipe, batch=64, repeats=5, steps=50, seed=0):
 
     def pix_pass():
         with torch.no_grad():
-            classifier_free(pix, y, 3.0)(x0, t)  # one guided step: one pass over [x; x] with [y; null]
+            classifier_free(pix, y, latent.DEFAULT_W)(x0, t)  # one guided step: one pass over [x; x] with [y; null]
 
     def lat_sample():
         latent.text_to_image(latent_pipe, prompts[:batch], steps=steps, w=latent.DEFAULT_W,
@@ -496,7 +497,7 @@ def latent_cost(latent_pipe, pixel_pipe, batch=64, repeats=5, steps=50, seed=0):
 
     def pix_sample():
         with torch.no_grad():
-            ddim_sample(classifier_free(pix, y, 3.0), x0.shape, pixel_pipe.schedule, steps=steps,
+            ddim_sample(classifier_free(pix, y, latent.DEFAULT_W), x0.shape, pixel_pipe.schedule, steps=steps,
                         generator=torch.Generator().manual_seed(seed), clip_x0=True)
 
     lat_step, lat_fb = _train_step_fn(lat, latent.latent_diffusion_loss(latent_pipe.schedule),
@@ -530,7 +531,7 @@ def latent_cost(latent_pipe, pixel_pipe, batch=64, repeats=5, steps=50, seed=0):
     for _ in range(repeats):  # interleaved, so that a change of load hits both models alike
         for name, fn in fns.items():
             timings[name].append(_median_seconds(fn, 1))
-    for _ in range(max(1, repeats // 3)):
+    for _ in range(max(1, (repeats + 1) // 2)):  # whole samples: fewer runs (they are long), interleaved too
         for name, fn in (("lat_sample", lat_sample), ("pix_sample", pix_sample)):
             start = time.perf_counter()
             fn()

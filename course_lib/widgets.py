@@ -407,7 +407,8 @@ def prompt_explorer(pipe, prompt="a thick seven slanted left", w=None, steps=25,
     (``pretrained.load("mnist-latent")``): ``n`` samples of the prompt, DDIM-``steps`` in latent space with
     classifier-free guidance against the null prompt at scale s (the course's eps_null + s (eps_prompt - eps_null)),
     from the same starting noise for every prompt and s, each beside its attention map per token (the share of each
-    pixel's attention that goes to the token, averaged over heads, attention blocks, steps, conditional half).
+    pixel's attention that goes to the token, averaged over heads, attention blocks, steps, conditional half; each map
+    drawn on its own colour scale, the token's mean share written under its name).
 
     The readout reads each sample as the evaluation classifier of :mod:`course_lib.metrics` sees it, with its ink and
     slant placed in the thirds of real digits of that class (:func:`course_lib.metrics.attribute_thresholds`). A word
@@ -471,16 +472,16 @@ def prompt_explorer(pipe, prompt="a thick seven slanted left", w=None, steps=25,
             axes[i, 0].set_ylabel(reads[i], fontsize=7)
             for j, token in enumerate(box.tokens):
                 ax = axes[i, j + 1]
-                ax.imshow(box.maps[i, j].numpy(), cmap="magma", vmin=0, vmax=1)
+                ax.imshow(box.maps[i, j].numpy(), cmap="magma")  # each map on its own scale: where the token is attended
                 ax.contour(plotting.to_display(box.samples[i:i + 1])[0], levels=[0.5], colors="cyan", linewidths=0.5)
                 if i == 0:
-                    ax.set_title(token, fontsize=8)
+                    ax.set_title(f"{token}\n{box.maps[:, j].mean().item():.0%}", fontsize=8)
         axes[0, 0].set_title("sample", fontsize=8)
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.suptitle(f"\"{text}\": attention share of each token at each pixel (0 black, 1 white; cyan: the digit)",
-                     fontsize=8)
+        fig.suptitle(f"\"{text}\": where each token is attended (each map on its own scale, bright = more; "
+                     f"under the token: its mean share of the attention; cyan: the digit)", fontsize=8)
         fig.tight_layout()
         _redraw(box.out, fig)
 

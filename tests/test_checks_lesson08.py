@@ -266,47 +266,51 @@ def test_tiny_model_makes_the_prompt_matter():
 
 @pytest.fixture
 def fake_reading(monkeypatch):
-    """A fake widget: 'a thin four' reads as four 4s, thin at s <= 2, thicker above; 'a thick four' all thick from
-    s = 4; 'four' as 4s of middle ink; anything else as 1s."""
+    """A fake widget: 'a thin four' reads as four thin 4s for 1 <= s <= 2, as 4s of middle ink above, and as a mix of
+    digits below s = 1; 'a thick four' all thick from s = 4; 'a four' as 4s of middle ink; anything else as 1s."""
     def widget_reading(pipe, prompt, s, n=4, steps=25, seed=0):
         words = latent.words(prompt)
+        if s < 1:
+            return torch.tensor([4, 9, 1, 4])[:n], torch.zeros(n, dtype=torch.long)
         if "four" in words or "4" in words:
             if "thin" in words:
                 return torch.full((n,), 4), torch.tensor([0, 0, 0, 1] if s <= 2 else [1, 1, 2, 2])[:n]
             if "thick" in words:
                 return torch.full((n,), 4), torch.tensor([2, 2, 2, 2] if s >= 4 else [1, 1, 2, 2])[:n]
             return torch.full((n,), 4), torch.ones(n, dtype=torch.long)
-        if s < 1:
-            return torch.tensor([4, 9, 1, 4])[:n], torch.zeros(n, dtype=torch.long)
         return torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     monkeypatch.setattr(lesson08, "widget_reading", widget_reading)
     return dict(pipe=None, digit=4, thickness=0, need=3)
 
 
 def test_prompt_goal_right_answer_passes(fake_reading, capsys):
-    lesson08.check_prompt_goal("a thin four", 2.0, **fake_reading)
-    lesson08.check_prompt_goal("A thin 4.", 1.5, **fake_reading)
+    lesson08.check_prompt_goal("a thin four", 1.0, **fake_reading)
+    lesson08.check_prompt_goal("A thin 4.", 1.0, **fake_reading)
+    lesson08.check_prompt_goal("a thin four", 2.0, **fake_reading, smallest=False)
     assert "Exercise 8.5 passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("prompt, s, words", [
-    ("a thin four", 3.0, "SMALLER s"),
-    ("a four", 2.0, "name the attribute"),
-    ("a thin one", 2.0, "name the digit"),
-    ("a skinny four", 2.0, "cannot be tokenised"),
+    ("a thin four", 3.0, "followed too weakly"),
+    ("a thin four", 2.0, "SMALLEST"),
+    ("a thin four", 0.5, "only 2 of 4"),
+    ("a four", 1.0, "name the attribute"),
+    ("a thin one", 1.0, "name the digit"),
+    ("a skinny four", 1.0, "cannot be tokenised"),
     ("a thin four", 2.2, "grid"),
     ("a thin four", float("nan"), "guidance scale"),
-    (4, 2.0, "string"),
+    (4, 1.0, "string"),
 ])
 def test_prompt_goal_mistakes_are_named(fake_reading, prompt, s, words):
     with pytest.raises(ExerciseError, match=words):
         lesson08.check_prompt_goal(prompt, s, **fake_reading)
 
 
-def test_prompt_goal_thick_hint(fake_reading):
-    with pytest.raises(ExerciseError, match="LARGER s"):
+def test_prompt_goal_thick(fake_reading, capsys):
+    with pytest.raises(ExerciseError, match="followed too weakly"):
         lesson08.check_prompt_goal("a thick four", 3.0, **{**fake_reading, "thickness": 2, "need": 4})
     lesson08.check_prompt_goal("a thick four", 4.0, **{**fake_reading, "thickness": 2, "need": 4})
+    assert "s = 3.5, it fails" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------- stubs

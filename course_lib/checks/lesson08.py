@@ -184,7 +184,7 @@ def check_scale_factor(scale_factor_fn):
         fail(ex, f"your scale factor is {value:.5g}, expected {good:.5g} (1 / the std of all latent entries)",
              "z = autoencoder.encode(images); return 1.0 / z.flatten().std().item()")
     scaled = z * value
-    passed(ex, f"1 / std of the pooled latents = {value:.4f}; scaled, they have std {scaled.std().item():.3f} "
+    passed(ex, f"on the check's test latents 1 / std = {value:.4f}; scaled by it they have std {scaled.std().item():.3f} "
                "(the schedule assumes unit-variance data).")
 
 
@@ -412,10 +412,12 @@ def widget_reading(pipe, prompt, s, n=4, steps=25, seed=0):
     return predicted, (ink > bounds[:, 0]).long() + (ink > bounds[:, 1]).long()
 
 
-def check_prompt_goal(prompt, s, pipe, digit, thickness, need, n=4, steps=25, seed=0, s_step=0.5, s_max=10.0):
+def check_prompt_goal(prompt, s, pipe, digit, thickness, need, n=4, steps=25, seed=0, s_step=0.5, s_max=10.0,
+                      smallest=True):
     """Widget exercise: with the widget's noise (``n`` samples, DDIM-``steps``, seed ``seed``), ``prompt`` at guidance
     scale ``s`` must give samples that are ALL classified as ``digit``, and at least ``need`` of them in the
-    ``thickness`` third (0 thin, 2 thick) of real digits of that class."""
+    ``thickness`` third (0 thin, 2 thick) of real digits of that class. With ``smallest``, ``s`` must also be the
+    smallest such scale on the slider's grid (multiples of ``s_step``): the goal is not met one notch below."""
     ex = "8.5"
     want = THICK_NAMES[thickness]
     if not isinstance(prompt, str):
@@ -428,23 +430,32 @@ def check_prompt_goal(prompt, s, pipe, digit, thickness, need, n=4, steps=25, se
         latent.tokenize(prompt)
     except ValueError as err:
         fail(ex, f"the prompt {prompt!r} cannot be tokenised: {err}", "use only words of the vocabulary")
-    predicted, thirds = widget_reading(pipe, prompt, s, n, steps, seed)
-    right = int((predicted == digit).sum())
-    in_third = int(((predicted == digit) & (thirds == thickness)).sum())
-    reads = ", ".join(f"{c} ({THICK_NAMES[th]})" for c, th in zip(predicted.tolist(), thirds.tolist()))
+
+    def reading(scale):
+        predicted, thirds = widget_reading(pipe, prompt, scale, n, steps, seed)
+        right = int((predicted == digit).sum())
+        in_third = int(((predicted == digit) & (thirds == thickness)).sum())
+        reads = ", ".join(f"{c} ({THICK_NAMES[th]})" for c, th in zip(predicted.tolist(), thirds.tolist()))
+        return right, in_third, reads
+
+    right, in_third, reads = reading(s)
+    words = latent.words(prompt)
     if right < n:
-        named = str(digit) in latent.words(prompt) or latent.DIGIT_WORDS[digit] in latent.words(prompt)
+        named = str(digit) in words or latent.DIGIT_WORDS[digit] in words
         fail(ex, f"at s = {s:g} the samples of {prompt!r} read as {reads}: only {right} of {n} are a {digit}",
-             ("name the digit in the prompt (as a word or a numeral)" if not named else
-              "the digit is named, so the guidance is too weak to hold it (or so strong that the strokes fall apart): "
-              "move the s slider and watch the readout"))
+             "name the digit in the prompt (as a word or a numeral)" if not named else
+             "the digit is named, but at this s the prompt is followed too weakly (s = 0 ignores it): move the s slider up")
     if in_third < need:
-        words = latent.words(prompt)
         if want not in words:
             fail(ex, f"at s = {s:g}: {reads}; {in_third} of {n} are {want}, at least {need} needed",
                  f"name the attribute: the captions the model learned from say '{want}' for the {want} third of each digit")
         fail(ex, f"at s = {s:g}: {reads}; {in_third} of {n} are {want}, at least {need} needed",
-             "guidance thickens strokes as s grows (lesson 07's ink row): try a SMALLER s" if thickness == 0 else
-             "a larger s follows the words more closely: try a LARGER s")
+             "the attribute is named, but at this s it is followed too weakly: move the s slider up")
+    if smallest and s >= s_step / 2:
+        below_right, below_third, below_reads = reading(s - s_step)
+        if below_right == n and below_third >= need:
+            fail(ex, f"{prompt!r} works at s = {s:g}, but at s = {s - s_step:g} it works too ({below_reads})",
+                 "you are asked for the SMALLEST s: move the slider down notch by notch until the readout fails")
     passed(ex, f"{prompt!r} at s = {s:g}: {reads}: every sample a {digit}, {in_third} of {n} in the {want} third "
-               f"of real {latent.DIGIT_WORDS[digit]}s.")
+               f"of real {latent.DIGIT_WORDS[digit]}s" + (f"; one notch lower, s = {s - s_step:g}, it fails."
+                                                          if smallest and s >= s_step / 2 else "."))
