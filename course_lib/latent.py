@@ -61,16 +61,19 @@ def slant(images):
     return -cov / var_y.clamp(min=1e-6)
 
 
+def tertile_bounds(values, labels, num_classes=10):
+    """The boundaries of the thirds of ``values`` within each class of ``labels``: (num_classes, 2) float64,
+    the 1/3 and 2/3 quantiles per class (NaN for a class with no values)."""
+    q = torch.tensor([1 / 3, 2 / 3], dtype=torch.double)
+    nan = torch.full((2,), float("nan"), dtype=torch.double)
+    return torch.stack([torch.quantile(values[labels == c].double(), q) if (labels == c).any() else nan
+                        for c in range(num_classes)])
+
+
 def _tertile(values, labels, num_classes=10):
     """0, 1, 2 = lowest, middle, highest third of ``values`` within each class of ``labels``."""
-    out = torch.empty_like(labels)
-    for c in range(num_classes):
-        idx = (labels == c).nonzero().flatten()
-        if len(idx) == 0:
-            continue
-        lo, hi = torch.quantile(values[idx].double(), torch.tensor([1 / 3, 2 / 3], dtype=torch.double))
-        out[idx] = (values[idx] > lo).long() + (values[idx] > hi).long()
-    return out
+    bounds = tertile_bounds(values, labels, num_classes).to(values.dtype)[labels]  # (B, 2): each value's class
+    return (values > bounds[:, 0]).long() + (values > bounds[:, 1]).long()
 
 
 def attributes(images, labels):
@@ -250,7 +253,7 @@ def text_to_image(pipe, prompts, steps=50, w=DEFAULT_W, generator=None, return_a
     w = _finite("w", w)
     B = len(prompts)
     context, mask = model.encode_text(list(prompts) + [""] * B)  # (2B, L, D): prompts, then null prompts
-    maps_sum, calls = [], [0]
+    maps_sum = []
 
     def eps_model(z_t, t):
         maps = [] if return_attention else None
@@ -258,7 +261,6 @@ def text_to_image(pipe, prompts, steps=50, w=DEFAULT_W, generator=None, return_a
         if return_attention:
             m = torch.stack([_maps_to_image(a[:B], 32) for a in maps]).mean(0)  # (B, L, 32, 32) conditional half
             maps_sum.append(m)
-        calls[0] += 1
         return eps_u + w * (eps_c - eps_u)
 
     device = model.scale_factor.device

