@@ -762,16 +762,14 @@ SR_SWEEP = (0.0, 1.0, 2.0, 3.0, 5.0)  # guidance on the low-res image, eps(x_t, 
 
 
 def _sr_samples(pipe, x_lr, w, steps, seed, batch, device):
-    from .superres import condition, guided_model
-    from .samplers import ddim_sample
+    from .superres import upscale
 
     generator = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(x_lr), batch):
-        cond = condition(x_lr[i:i + batch].to(device))
-        x_T = torch.randn(cond.shape, generator=generator).to(device)  # on the CPU: the same noise on every device
-        out.append(ddim_sample(guided_model(pipe.model, cond, w), cond.shape, pipe.schedule, steps=steps, x_T=x_T,
-                               clip_x0=True, device=device).cpu())
+        lr = x_lr[i:i + batch].to(device)
+        x_T = torch.randn((len(lr), 1, 32, 32), generator=generator).to(device)  # on the CPU: the same noise on every device
+        out.append(upscale(pipe, lr, steps=steps, w=w, x_T=x_T).cpu())
     return torch.cat(out)
 
 

@@ -99,14 +99,15 @@ def guided_model(net, cond, w):
     return model
 
 
-def upscale(pipe, x_lr, steps=50, w=DEFAULT_W, generator=None, eta=0.0):
+def upscale(pipe, x_lr, steps=50, w=DEFAULT_W, generator=None, eta=0.0, x_T=None):
     """Super-resolve low-res digits x_lr (B, 1, h, h) in [-1, 1], h = 32 / factor, with the shipped
     ``mnist-sr`` (``pipe = pretrained.load("mnist-sr")``): DDIM with ``steps`` steps and ``eta``, guidance
-    ``w`` on the low-res image. Returns (B, 1, 32, 32) in [-1, 1], on x_lr's device."""
+    ``w`` on the low-res image, from the starting noise ``x_T`` (B, 1, 32, 32) if given (else drawn with
+    ``generator``). Returns (B, 1, 32, 32) in [-1, 1], on x_lr's device."""
     cond = condition(x_lr)
     model = guided_model(pipe.model, cond, w)
     return ddim_sample(model, cond.shape, pipe.schedule, steps=steps, eta=eta, generator=generator, clip_x0=True,
-                       device=x_lr.device)
+                       device=x_lr.device, x_T=x_T)
 
 
 def consistency_mse(x_sr, x_lr):
