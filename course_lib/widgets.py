@@ -659,7 +659,7 @@ def superres_explorer(pipe, images, labels, index=0, factor=4, w=None, samples=4
     (per-pixel std across the samples), ``seconds``, ``readout``.
     """
     from . import metrics
-    from .superres import DEFAULT_W, FACTORS, condition, downsample, guided_model, upsample
+    from .superres import DEFAULT_W, FACTORS, consistency_mse, downsample, upscale, upsample
 
     images, labels = images.cpu(), torch.as_tensor(labels).cpu()
     w = DEFAULT_W if w is None else w
@@ -678,17 +678,16 @@ def superres_explorer(pipe, images, labels, index=0, factor=4, w=None, samples=4
         f = box.factor.value
         box.x_lr = downsample(x0, f)  # (1, 1, 32/f, 32/f)
         box.bicubic = upsample(box.x_lr).clamp(-1, 1)
-        cond = condition(box.x_lr.to(device)).expand(samples, -1, -1, -1)  # (S, 1, 32, 32)
+        x_lr = box.x_lr.to(device).expand(samples, -1, -1, -1)  # (S, 1, 32/f, 32/f): one input, S samples
         start = time.perf_counter()
         with torch.no_grad():
-            box.sr = ddim_sample(guided_model(pipe.model, cond, box.w.value), cond.shape, pipe.schedule, steps=steps,
-                                 x_T=box.x_T, clip_x0=True).cpu()
+            box.sr = upscale(pipe, x_lr, steps=steps, w=box.w.value, x_T=box.x_T).cpu()
         box.seconds = time.perf_counter() - start
         box.predicted = metrics.predict_labels(box.sr)
         box.psnr_sr = metrics.psnr(box.sr, x0.expand_as(box.sr)).mean().item()
         box.psnr_bicubic = metrics.psnr(box.bicubic, x0).item()
-        box.consistency_sr = (downsample(box.sr, f) - box.x_lr).square().mean().item()
-        box.consistency_bicubic = (downsample(box.bicubic, f) - box.x_lr).square().mean().item()
+        box.consistency_sr = consistency_mse(box.sr, box.x_lr)
+        box.consistency_bicubic = consistency_mse(box.bicubic, box.x_lr)
         box.sharpness_sr = metrics.sharpness(box.sr).mean().item()
         box.sharpness_bicubic = metrics.sharpness(box.bicubic).item()
         box.sharpness_real = metrics.sharpness(x0).item()
