@@ -464,7 +464,8 @@ def prompt_explorer(pipe, prompt="a thick seven slanted left", w=None, steps=25,
         box.readout.value = (f"s = {box.w.value:.1f}, DDIM-{steps}, {n} samples (same noise for every prompt and s), "
                              f"{box.seconds:.1f} s; tokens: {html.escape(' | '.join(box.tokens))}<br>"
                              f"read by the evaluation classifier (thickness and slant: the third of real digits of that "
-                             f"class): <b>{', '.join(reads)}</b>")
+                             f"class): <b>{', '.join(reads)}</b><br>attention maps: where each token is attended, each "
+                             f"map on its own scale (bright = more), its mean share under the token; cyan: the digit")
         cols = 1 + len(box.tokens)
         fig, axes = plt.subplots(n, cols, figsize=(1.15 * cols + 0.3, 1.2 * n + 0.5), squeeze=False)
         for i in range(n):
@@ -480,8 +481,7 @@ def prompt_explorer(pipe, prompt="a thick seven slanted left", w=None, steps=25,
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.suptitle(f"\"{text}\": where each token is attended (each map on its own scale, bright = more; "
-                     f"under the token: its mean share of the attention; cyan: the digit)", fontsize=8)
+        fig.suptitle(f"\"{text}\"", fontsize=9)
         fig.tight_layout()
         _redraw(box.out, fig)
 

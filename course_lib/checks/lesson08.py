@@ -22,8 +22,26 @@ from . import diagnose, expect_tensor, fail, passed
 # Exercise 8.1: scaled dot-product attention by hand (Vaswani et al., 2017, eq. 1)
 # ----------------------------------------------------------------------------------------------
 
+#: the usual mistakes of exercise 8.1, each with the hint that names it
+ATTENTION_MISTAKES = {
+    "no scale": "missing 1/sqrt(d): divide the scores Q K^T by sqrt(d), the size of each query vector (eq. 1), or the "
+                "softmax saturates as d grows",
+    "scale 1/d": "divided by d instead of sqrt(d): the scale is 1 / sqrt(d) (eq. 1); q . k of unit vectors has variance d, "
+                 "so sqrt(d) brings it back to 1",
+    "softmax over queries": "softmax over the wrong axis: each QUERY's weights must sum to 1 over the keys, softmax(dim=-1) "
+                            "on the (..., N, L) scores, not over the queries (dim=-2)",
+    "mask ignored": "mask ignored: padding keys got weight; set their scores to -inf before the softmax, "
+                    "scores.masked_fill(~key_mask[..., None, :], float('-inf'))",
+    "mask inverted": "mask inverted: key_mask is True for a REAL token; mask out where it is False (~key_mask)",
+    "mask multiplied": "masked by multiplying the scores by the mask: a score of 0 still gets weight e^0 after the softmax; "
+                       "set the padding scores to -inf instead",
+    "mask after softmax": "mask applied after the softmax: zeroing weights afterwards leaves rows that no longer sum to 1; "
+                          "mask the scores with -inf BEFORE the softmax",
+}
+
+
 def _attention_variants(q, k, v, mask):
-    """The right weights and output, and the usual mistakes as (weights, output, hint)."""
+    """The right weights, and the usual mistakes as (weights, output, hint)."""
     d = q.shape[-1]
     m = mask[..., None, :]  # (..., 1, L): the same for every query
 
@@ -32,26 +50,16 @@ def _attention_variants(q, k, v, mask):
 
     raw = q @ k.transpose(-2, -1)  # (..., N, L)
     good = masked(raw / math.sqrt(d)).softmax(-1)
-    mistakes = [
-        (masked(raw).softmax(-1), "missing 1/sqrt(d): divide the scores Q K^T by sqrt(d), the size of each query "
-                                  "vector (eq. 1), or the softmax saturates as d grows"),
-        (masked(raw / d).softmax(-1), "divided by d instead of sqrt(d): the scale is 1 / sqrt(d) (eq. 1); "
-                                      "q . k of unit vectors has variance d, so sqrt(d) brings it back to 1"),
-        (masked(raw / math.sqrt(d)).softmax(-2).nan_to_num(0.0),
-         "softmax over the wrong axis: each QUERY's weights must sum to 1 over the keys, softmax(dim=-1) on the "
-         "(..., N, L) scores, not over the queries (dim=-2)"),
-        ((raw / math.sqrt(d)).softmax(-1), "mask ignored: padding keys got weight; set their scores to -inf before the "
-                                           "softmax, scores.masked_fill(~key_mask[..., None, :], float('-inf'))"),
-        ((raw / math.sqrt(d)).masked_fill(m, float("-inf")).softmax(-1).nan_to_num(0.0),
-         "mask inverted: key_mask is True for a REAL token; mask out where it is False (~key_mask)"),
-        ((raw / math.sqrt(d) * m).softmax(-1),
-         "masked by multiplying the scores by the mask: a score of 0 still gets weight e^0 after the softmax; set the "
-         "padding scores to -inf instead"),
-        ((raw / math.sqrt(d)).softmax(-1) * m,
-         "mask applied after the softmax: zeroing weights afterwards leaves rows that no longer sum to 1; mask the "
-         "scores with -inf BEFORE the softmax"),
-    ]
-    return good, [(w, w @ v, hint) for w, hint in mistakes]
+    wrong = {
+        "no scale": masked(raw).softmax(-1),
+        "scale 1/d": masked(raw / d).softmax(-1),
+        "softmax over queries": masked(raw / math.sqrt(d)).softmax(-2).nan_to_num(0.0),
+        "mask ignored": (raw / math.sqrt(d)).softmax(-1),
+        "mask inverted": (raw / math.sqrt(d)).masked_fill(m, float("-inf")).softmax(-1).nan_to_num(0.0),
+        "mask multiplied": (raw / math.sqrt(d) * m).softmax(-1),
+        "mask after softmax": (raw / math.sqrt(d)).softmax(-1) * m,
+    }
+    return good, [(w, w @ v, ATTENTION_MISTAKES[name]) for name, w in wrong.items()]
 
 
 def _call_attention(fn, q, k, v, mask, ex):
@@ -164,15 +172,15 @@ def check_scale_factor(scale_factor_fn):
         "the largest value": 1 / z.abs().max().item(),
     }
     hints = {
-        "std instead of 1/std": "std instead of 1/std: the factor MULTIPLIES the latents so that they get unit std, "
+        "std instead of 1/std": "the factor MULTIPLIES the latents so that they get unit std, "
                                 "z * scale_factor; it is 1 / std",
-        "1/variance instead of 1/std": "1/variance instead of 1/std: z / std has unit variance; z / var does not",
-        "root mean square instead of std": "root mean square instead of std: .std() subtracts the mean first; the latents "
+        "1/variance instead of 1/std": "z / std has unit variance; z / var does not",
+        "root mean square instead of std": ".std() subtracts the mean first; the latents "
                                            "are not centred, so sqrt(mean(z^2)) is larger than their std",
-        "per channel then averaged": "computed per channel: pool every entry of every channel into ONE std",
-        "per channel std averaged": "computed per channel: the mean of the channels' stds is not the pooled std "
+        "per channel then averaged": "pool every entry of every channel into ONE std",
+        "per channel std averaged": "the mean of the channels' stds is not the pooled std "
                                     "(the channels have different means); use z.flatten().std()",
-        "per image then averaged": "computed per image: the images' own stds miss the differences BETWEEN images; "
+        "per image then averaged": "the images' own stds miss the differences BETWEEN images; "
                                    "pool all latents of all images",
         "mean absolute value": "1/mean(|z|) is not 1/std: use z.std()",
         "the largest value": "1/max|z| normalises the range, not the spread: use z.std()",
@@ -337,6 +345,23 @@ class _Recording:
         return self.model(z_t, t, context, key_mask, attention_maps)
 
 
+#: the usual mistakes of exercise 8.4, each with the hint that names it
+CFG_MISTAKES = {
+    "swapped": "cond and null swapped: guidance starts from the NULL prompt's eps and moves s times along "
+               "(eps_prompt - eps_null); check which half of the batch holds the prompts",
+    "ho_w": "s applied to the wrong term (Ho & Salimans' w): (1 + s) eps_c - s eps_u is their convention with w = s; "
+            "the course's s multiplies (eps_c - eps_u) and adds eps_u",
+    "no brackets": "s applied to the wrong term: eps_u + s * eps_c - eps_u is s * eps_c; bracket the difference, "
+                   "eps_u + s * (eps_c - eps_u)",
+    "s on eps_u": "s applied to the wrong term: s multiplies the DIFFERENCE (eps_c - eps_u), not eps_u",
+    "off by one": "off by one: the course's s multiplies (eps_c - eps_u) directly (s = 1 is the plain conditional model)",
+    "no null prompt": "null prompt not used: the unconditional half needs the empty prompt \"\" (START alone), not the "
+                      "prompts again",
+    "no mask": "key mask not passed: without it every pixel also attends to the padding tokens; pass the mask that "
+               "model.encode_text returns as key_mask",
+}
+
+
 def _cfg_reference(model, z_t, t, prompts, s):
     B = len(prompts)
     with torch.no_grad():
@@ -345,22 +370,10 @@ def _cfg_reference(model, z_t, t, prompts, s):
         eps_same = model(z_t, t, ctx[:B], mask[:B])
         eps_nomask_c, eps_nomask_u = model(torch.cat([z_t, z_t]), torch.cat([t, t]), ctx, None).chunk(2)
     good = eps_u + s * (eps_c - eps_u)
-    return good, [
-        (eps_c + s * (eps_u - eps_c), "cond and null swapped: guidance starts from the NULL prompt's eps and moves s times "
-                                      "along (eps_prompt - eps_null); check which half of the batch holds the prompts"),
-        ((1 + s) * eps_c - s * eps_u, "s applied to the wrong term (Ho & Salimans' w): (1 + s) eps_c - s eps_u is their "
-                                      "convention with w = s; the course's s multiplies (eps_c - eps_u) and adds eps_u"),
-        (s * eps_c, "s applied to the wrong term: eps_u + s * eps_c - eps_u is s * eps_c; bracket the difference, "
-                    "eps_u + s * (eps_c - eps_u)"),
-        (s * eps_u + (eps_c - eps_u), "s applied to the wrong term: s multiplies the DIFFERENCE (eps_c - eps_u), not eps_u"),
-        (eps_u + (s - 1) * (eps_c - eps_u), "off by one: the course's s multiplies (eps_c - eps_u) directly "
-                                            "(s = 1 is the plain conditional model)"),
-        (eps_same, "null prompt not used: the unconditional half needs the empty prompt \"\" (START alone), not the "
-                   "prompts again"),
-        (eps_nomask_u + s * (eps_nomask_c - eps_nomask_u),
-         "key mask not passed: without it every pixel also attends to the padding tokens; pass the mask that "
-         "model.encode_text returns as key_mask"),
-    ]
+    wrong = {"swapped": eps_c + s * (eps_u - eps_c), "ho_w": (1 + s) * eps_c - s * eps_u, "no brackets": s * eps_c,
+             "s on eps_u": s * eps_u + (eps_c - eps_u), "off by one": eps_u + (s - 1) * (eps_c - eps_u),
+             "no null prompt": eps_same, "no mask": eps_nomask_u + s * (eps_nomask_c - eps_nomask_u)}
+    return good, [(w, CFG_MISTAKES[name]) for name, w in wrong.items()]
 
 
 def check_guided_eps(guided_eps_fn):
