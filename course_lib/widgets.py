@@ -267,7 +267,7 @@ def langevin_explorer(mixture, n=1000, generator_seed=0, step_size=0.1, n_steps=
 
 
 def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generator_seed=0, null_class=None,
-                 clip_x0=True, s_max=8.0, s_step=0.25):
+                 clip_x0=True, s_max=8.0, s_step=0.25, device="cpu"):
     """Lesson 07. A slider over the classifier-free guidance scale s, in the course's convention
     eps_u + s (eps_c - eps_u) (s = 0 unconditional, s = 1 plain conditional; Ho & Salimans' w = s - 1),
     over one fixed noise batch: DDIM-``steps`` (eta = 0) samples of the class-conditional ``net(x, t, y)``
@@ -279,6 +279,8 @@ def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generato
     Attributes: ``s`` (the slider), ``x_T``, ``labels``, ``n_steps``, ``samples`` (the last samples),
     ``predicted`` (their labels by the evaluation classifier), ``correct`` (how many equal ``labels``),
     ``seconds`` (the sampling time), ``readout``.
+    ``device``: where ``net`` runs; the noise is drawn on the CPU (the same on every machine) and moved there
+    (``x_T`` lives there), and the samples come back to the CPU for the classifier and the plot.
     """
     from .guidance import classifier_free, ho_w_from_s
     from .metrics import predict_labels
@@ -287,7 +289,7 @@ def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generato
     box = W.VBox()
     box.labels, box.n_steps = labels, steps
     shape = (len(labels), *getattr(net, "image_shape", (1, 32, 32)))
-    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
+    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed)).to(device)
     box.s = W.FloatSlider(value=s, min=0.0, max=s_max, step=s_step, description="s", readout_format=".2f",
                           continuous_update=False)
     box.readout = W.HTML()
@@ -298,8 +300,8 @@ def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generato
         s_now = box.s.value
         start = time.perf_counter()
         with torch.no_grad():
-            box.samples = ddim_sample(classifier_free(net, labels, s_now, null_class), shape, schedule, steps=steps,
-                                      x_T=box.x_T, clip_x0=clip_x0)
+            box.samples = ddim_sample(classifier_free(net, labels.to(device), s_now, null_class), shape, schedule,
+                                      steps=steps, x_T=box.x_T, clip_x0=clip_x0).cpu()
         box.seconds = time.perf_counter() - start
         box.predicted = predict_labels(box.samples)
         box.correct = int((box.predicted == labels).sum())
