@@ -32,11 +32,13 @@ from .schedules import check_reaches_noise
 
 
 def default_device():
-    """CUDA if available, then Apple's MPS, else the CPU."""
+    """CUDA if a GPU is available, else the CPU.
+
+    Apple's MPS is never picked on its own: it has no float64, and the course keeps alpha_bar and the sampler
+    coefficients in float64 (1 - alpha_bar cancels in float32 near t = 0), so training and sampling would fail
+    there. Lessons 05 and 06's exact mixture models are float64 throughout as well."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
     return torch.device("cpu")
 
 

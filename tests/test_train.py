@@ -151,8 +151,14 @@ def test_draws_happen_on_the_generator_device_then_move_to_the_data(strict_gener
     assert torch.equal(same, torch.randn(3, generator=torch.Generator().manual_seed(1)))
 
 
-def test_default_device_is_a_torch_device():
+def test_default_device_is_cuda_or_cpu_never_mps(monkeypatch):
+    # MPS has no float64 (the schedule's alpha_bar, the samplers' coefficients): never chosen automatically
     assert isinstance(train.default_device(), torch.device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert train.default_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.default_device() == torch.device("cuda")
 
 
 # ----------------------------------------------------------------------------- global state (issue 13 item 6)

@@ -42,8 +42,8 @@ def check_drop_labels(drop_labels_fn):
     """``drop_labels_fn(y, p_uncond, null_class, generator=None)`` -> labels with each entry independently
     replaced by ``null_class`` with probability ``p_uncond``, the others unchanged."""
     ex = "7.1"
-    hint = ("draw one uniform number per label, drop = torch.rand(y.shape, generator=generator) < p_uncond, "
-            "and return torch.where(drop, torch.full_like(y, null_class), y)")
+    hint = ("draw one uniform number per label, drop = torch.rand(y.shape, generator=generator, device=y.device) "
+            "< p_uncond, and return torch.where(drop, torch.full_like(y, null_class), y)")
     null = 10
     n = 20_000
     y = torch.arange(n) % 10
@@ -86,8 +86,8 @@ def check_drop_labels(drop_labels_fn):
     again = _dropout_call(drop_labels_fn, y[:256], 0.5, null, torch.Generator().manual_seed(73))
     if not torch.equal(first, again):
         fail(ex, "two calls with equally seeded generators gave different results",
-             "draw the mask with generator=generator (torch.rand(y.shape, generator=generator)), so that a seeded "
-             "training run is reproducible")
+             "draw the mask with generator=generator (torch.rand(y.shape, generator=generator, device=y.device)), "
+             "so that a seeded training run is reproducible")
     # 4. the two ends
     if not torch.equal(_dropout_call(drop_labels_fn, y[:500], 0.0, null, torch.Generator().manual_seed(74)), y[:500]):
         fail(ex, "p_uncond = 0 changed some labels", "with p_uncond = 0 nothing is dropped: use a strict torch.rand(...) < p")
