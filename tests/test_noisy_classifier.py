@@ -82,3 +82,17 @@ def test_shipped_noisy_classifier():
     assert acc[0] < 1.0  # 100% on held-out digits would mean a leaked split
     with torch.no_grad():
         assert p.model(torch.zeros(2, 1, 32, 32), torch.tensor([0, 999])).shape == (2, 10)
+
+
+def test_shipped_noisy_classifier_is_what_the_recipe_builds():
+    # `python -m course_lib.train mnist-noisy-classifier` must reproduce the shipped model: the manifest's
+    # recipe line, step count and network widths agree with the recipe's defaults (a retrained classifier
+    # shipped without updating the recipe, or the reverse, fails here).
+    import inspect
+
+    info = pretrained.load("mnist-noisy-classifier").info
+    fn, default_steps = train.RECIPES["mnist-noisy-classifier"]
+    params = inspect.signature(fn).parameters
+    assert info["recipe"] == f"python -m course_lib.train mnist-noisy-classifier --steps {default_steps}"
+    assert info["config"]["channels"] == list(params["channels"].default)
+    assert f"{default_steps} steps" in info["training"] and f"EMA {params['ema_decay'].default}" in info["training"]

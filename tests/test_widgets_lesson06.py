@@ -44,3 +44,28 @@ def test_classifier_guidance_explorer_refuses_one_sample_per_digit():
     unet, classifier = _setup()
     with pytest.raises(ValueError, match="per_class"):
         widgets.classifier_guidance_explorer(unet.model, classifier, unet.schedule, per_class=1, steps=2)
+
+
+def test_classifier_guidance_explorer_runs_on_device_and_brings_the_samples_back(monkeypatch):
+    """device=: the noise is drawn on the CPU from the seed and moved to the device, the guided model gets its labels
+    there, and the samples come back to the CPU before the evaluation classifier and the plot. The 'meta' device
+    stands in for a GPU (shapes without data); the sampler is a spy that records where things live and returns a
+    stand-in whose .cpu() hands back real CPU images."""
+    from unittest import mock
+
+    unet, _ = _setup()
+    seen = {}
+
+    def spy_ddim_sample(model, shape, schedule, steps, x_T, clip_x0):
+        seen.update(x_T=x_T.device, labels=model.y.device)
+        out = mock.Mock()
+        out.cpu.return_value = torch.zeros(shape)
+        return out
+
+    monkeypatch.setattr(widgets, "ddim_sample", spy_ddim_sample)
+    w = widgets.classifier_guidance_explorer(unet.model, lambda x, t: None, unet.schedule, scales=(0.0, 2.0),
+                                             steps=2, value=2.0, device=torch.device("meta"))
+    assert w.x_T.device.type == "meta" and {d.type for d in seen.values()} == {"meta"}
+    assert w.samples.device.type == "cpu" and w.labels.device.type == "cpu"
+    assert torch.equal(w.samples, torch.zeros(20, 1, 32, 32)) and w.accuracy == pytest.approx(
+        (metrics.predict_labels(torch.zeros(20, 1, 32, 32)) == w.labels).float().mean().item())
