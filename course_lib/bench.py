@@ -95,7 +95,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     r = bench(args.device, batch=args.batch, train_steps=args.train_steps, sample_batch=args.sample_batch,
               ddpm_steps=args.ddpm_steps)
-    print(f"device: {r['device']} ({r['threads']} CPU threads), default UNet with {r['parameters']:,} parameters")
+    threads = f"{r['threads']} CPU thread" + ("s" if r["threads"] != 1 else "")
+    print(f"device: {r['device']} ({threads}), default UNet with {r['parameters']:,} parameters")
     print(f"training:  {r['train_images_per_s']:8.1f} images/s (batch {args.batch}) with train()'s settings, "
           f"{r['train_fp32_images_per_s']:.1f} in a plain fp32 loop: {r['train_speedup']:.2f}x")
     print(f"sampling:  {r['network_evals_per_s']:8.1f} network evaluations/s (batch {args.sample_batch})")
