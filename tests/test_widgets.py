@@ -78,3 +78,25 @@ def test_ddim_explorer_reports_the_difference_to_its_reference_with_four_decimal
     assert "target: below 0.015" in w.readout.value
     w.steps.value = 50
     assert w.diff == 0.0 and "0.0000" in w.readout.value
+
+
+def test_ddim_explorer_runs_on_device_and_brings_the_samples_back(monkeypatch):
+    """device=: the noise is drawn on the CPU from the seed and moved to the device (the 'meta' device stands in for
+    a GPU); the samples and the reference come back to the CPU inside the timed region, so the plot and the
+    difference readout get CPU tensors and a GPU's asynchronous kernels are counted in the seconds."""
+    from unittest import mock
+
+    seen = []
+
+    def spy_ddim_sample(model, shape, schedule, steps, x_T, clip_x0, eta=0.0, generator=None):
+        seen.append(x_T.device.type)
+        out = mock.Mock()
+        out.cpu.return_value = torch.zeros(shape)
+        return out
+
+    monkeypatch.setattr(widgets, "ddim_sample", spy_ddim_sample)
+    s = schedules.make_schedule("linear", 100)
+    w = widgets.ddim_explorer(lambda x, t: x, s, (2, 1, 4, 4), steps=10, reference_steps=50,
+                              device=torch.device("meta"))
+    assert w.x_T.device.type == "meta" and seen == ["meta", "meta"]  # the reference, then the samples
+    assert w.samples.device.type == "cpu" and w.diff == 0.0
