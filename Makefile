@@ -73,19 +73,12 @@ else
 		$(NOTEBOOK_DIRS)
 endif
 
-# The GPU check, for anyone with a CUDA GPU: the bench on the GPU, then every lesson and solution in
-# default mode (not COURSE_FAST) under nbval, one notebook at a time with its wall-clock time. Fails
-# without a GPU rather than silently measuring the CPU.
-GPU_NOTEBOOKS := $(sort $(NOTEBOOKS))
+# The GPU check, for anyone with a CUDA GPU: tools/gpu-check.sh with this environment's python (the bench on the
+# GPU at batch 64 and 512, then every lesson and solution in default mode under nbval, one notebook at a time with
+# its wall-clock time, and a Markdown table in /tmp/gpu-check/table.md). Fails without a GPU rather than silently
+# measuring the CPU.
 test-gpu: $(STAMP)
-	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu: no CUDA GPU visible to torch')"
-	$(BIN)/python -m course_lib.bench --device cuda
-	@status=0; for nb in $(GPU_NOTEBOOKS); do \
-		start=$$(date +%s); \
-		$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-			-p no:cacheprovider $$nb > /tmp/test-gpu-$$(basename $$nb).log 2>&1 && result=passed || { result=FAILED; status=1; }; \
-		echo "$$nb: $$result in $$(( $$(date +%s) - start )) s (log: /tmp/test-gpu-$$(basename $$nb).log)"; \
-	done; exit $$status
+	PYTHON=$(BIN)/python tools/gpu-check.sh
 
 # Instructors: solutions/ is the source; exercises/ is generated from it.
 exercises: $(STAMP)

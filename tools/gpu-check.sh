@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU check (issue 12): the bench on the GPU at batch 64 and 512, then every lesson and solution in default mode
+# (not COURSE_FAST) under nbval, each notebook in its own pytest run with its wall-clock time. Prints a Markdown
+# table for the README and writes it, with every log, to $OUT (default /tmp/gpu-check).
+#
+#   tools/gpu-check.sh                      # python3 from PATH; course_lib importable (installed, or PYTHONPATH=.)
+#   PYTHON=.venv/bin/python JOBS=4 tools/gpu-check.sh
+#
+# JOBS notebooks run at once (default 1: clean per-notebook times; more shares the GPU and the CPU cores, so the
+# times are upper bounds). Fails without a CUDA GPU rather than silently measuring the CPU; ALLOW_CPU=1 skips that
+# check (only to try this script itself, e.g. ALLOW_CPU=1 COURSE_FAST=1 BATCHES=8 DDPM_STEPS=20). `make test-gpu` runs it
+# with the course's venv.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+JOBS=${JOBS:-1}
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+if [ "${ALLOW_CPU:-0}" != 1 ]; then
+  unset COURSE_FAST   # the check measures the default mode
+  "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA GPU visible to torch')" || exit 1
+  device=cuda
+else
+  device=cpu
+fi
+"$PYTHON" -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/device.txt"
+for batch in ${BATCHES:-64 512}; do
+  echo "== bench, batch $batch"
+  "$PYTHON" -m course_lib.bench --device "$device" --batch "$batch" --sample-batch "$batch" \
+    --ddpm-steps "${DDPM_STEPS:-1000}" 2>&1 | tee "$OUT/bench-$batch.txt"
+done
+
+run_one() {  # one notebook under nbval in default mode: prints "path|passed or FAILED|seconds"
+  nb=$1
+  log="$OUT/$(echo "$nb" | tr / -).log"
+  start=$(date +%s)
+  if "$PYTHON" -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+       --nbval-sanitize-with tests/nbval_sanitize.cfg "$nb" > "$log" 2>&1; then result=passed; else result=FAILED; fi
+  echo "$nb|$result|$(( $(date +%s) - start ))"
+}
+export -f run_one
+export PYTHON OUT
+ls notebooks/*.ipynb solutions/*.ipynb | xargs -P "$JOBS" -I{} bash -c 'run_one {}' | sort > "$OUT/notebooks.txt"
+{
+  echo "| notebook | nbval, default mode | seconds |"
+  echo "|---|---|---|"
+  awk -F'|' '{printf "| %s | %s | %s |\n", $1, $2, $3}' "$OUT/notebooks.txt"
+} | tee "$OUT/table.md"
+! grep -q "|FAILED|" "$OUT/notebooks.txt"
