@@ -1,15 +1,17 @@
 """Speed benchmark of the default U-Net on the current device: ``python -m course_lib.bench``.
 
 Prints training images/s of :func:`course_lib.train.train` (with its speed settings: bf16 autocast
-on CPUs with native bf16, channels_last for fp32 on the CPU, TF32 and cudnn.benchmark on CUDA)
+where the hardware has it natively, channels_last for fp32 on the CPU, TF32 and cudnn.benchmark on CUDA)
 beside a plain float32 loop of the same network (the baseline, and the ratio), sampling (network
 evaluations) images/s, and the wall-clock time of DDPM with 1,000 steps against DDIM with 50 steps
 for one batch. The weights do not matter for speed, so a freshly initialised class-conditional
-U-Net is used.
+U-Net is used. ``--grid`` also times train() under each combination of bf16, channels_last and
+torch.compile (:func:`settings_grid`), the measurement that train()'s per-device defaults should follow.
 """
 
 import argparse
 import time
+import warnings
 
 import torch
 
@@ -46,12 +48,40 @@ def _plain_fp32_images_per_s(loss_fn, device, batch, steps, generator):
     return steps * batch / (time.perf_counter() - start)
 
 
-def _train_images_per_s(loss_fn, device, batch, steps):
-    """What :func:`train` itself reaches (EMA, clipping and its speed settings included)."""
+def _train_images_per_s(loss_fn, device, batch, steps, **settings):
+    """What :func:`train` itself reaches (EMA, clipping and its speed settings included); ``settings`` are
+    train()'s ``bf16``, ``channels_last`` and ``compile`` (default: train()'s own defaults)."""
     data = (torch.randn(4 * batch, 1, 32, 32), torch.randint(0, 10, (4 * batch,)))
-    kw = dict(batch_size=batch, device=device, progress=False, warmup=1)
-    train(UNet(num_classes=10), loss_fn, data, steps=2, **kw)  # warm-up (allocator, cudnn.benchmark)
-    return train(UNet(num_classes=10), loss_fn, data, steps=steps, **kw).images_per_second
+    kw = dict(batch_size=batch, device=device, progress=False, warmup=1, **settings)
+    model = UNet(num_classes=10)
+    # warm-up (allocator, cudnn.benchmark, and compilation: torch.compile keeps the compiled code of this model)
+    train(model, loss_fn, data, steps=2, **kw)
+    return train(model, loss_fn, data, steps=steps, **kw).images_per_second
+
+
+# The settings that settings_grid compares: (bf16, channels_last, compile)
+GRID = [(False, False, False), (False, True, False), (True, False, False), (True, True, False),
+        (True, False, True), (True, True, True)]
+
+
+def settings_grid(device=None, batch=64, train_steps=20):
+    """train()'s images/s under each combination of ``GRID`` on ``device``: a list of dicts with ``bf16``,
+    ``channels_last``, ``compile`` and ``train_images_per_s``. This is how train()'s defaults are chosen per
+    device (bf16 where the hardware has it, channels_last only for float32 on the CPU, compile off).
+    Where torch.compile fails, train() falls back to the plain model: that row's ``compile`` is then the string
+    "failed: <reason>", not True, so that an eager speed is never reported as a compiled one."""
+    device = torch.device(device) if device else default_device()
+    loss_fn = diffusion_loss(make_schedule("linear", 1000), label_dropout=0.1, null_class=10)
+    rows = []
+    for bf16, channels_last, compiled in GRID:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            speed = _train_images_per_s(loss_fn, device, batch, train_steps, bf16=bf16, channels_last=channels_last,
+                                        compile=compiled)
+        failed = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+        rows.append({"bf16": bf16, "channels_last": channels_last, "compile": f"failed: {failed[0]}" if failed
+                     else compiled, "train_images_per_s": speed})
+    return rows
 
 
 def bench(device=None, batch=64, train_steps=20, sample_batch=64, ddpm_steps=1000, ddim_steps=50):
@@ -92,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--sample-batch", type=int, default=64)
     parser.add_argument("--ddpm-steps", type=int, default=1000)
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps of each kind")
+    parser.add_argument("--grid", action="store_true",
+                        help="also time train() under each combination of bf16, channels_last and torch.compile")
     args = parser.parse_args(argv)
     r = bench(args.device, batch=args.batch, train_steps=args.train_steps, sample_batch=args.sample_batch,
               ddpm_steps=args.ddpm_steps)
@@ -103,6 +135,11 @@ def main(argv=None):
     print(f"DDIM-50:   {r['ddim_seconds']:8.2f} s for {args.sample_batch} images ({r['ddim_samples_per_s']:.2f} images/s)")
     print(f"DDPM-{args.ddpm_steps}: {r['ddpm_seconds']:8.2f} s for {args.sample_batch} images "
           f"({r['ddpm_samples_per_s']:.3f} images/s), {r['ddpm_seconds'] / r['ddim_seconds']:.1f}x DDIM-50")
+    if args.grid:
+        print(f"train() settings, batch {args.batch} (images/s):")
+        print("| bf16 | channels_last | compile | images/s |\n|---|---|---|---|")
+        for row in settings_grid(args.device, batch=args.batch, train_steps=args.train_steps):
+            print(f"| {row['bf16']} | {row['channels_last']} | {row['compile']} | {row['train_images_per_s']:.1f} |")
 
 
 if __name__ == "__main__":

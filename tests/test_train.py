@@ -357,3 +357,139 @@ def test_checkpoint_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_every"):
         train(MLPDenoiser(), classifier_loss(), torch.zeros(4, 2), steps=1, checkpoint=tmp_path / "c.pt",
               checkpoint_every=0, device="cpu")
+
+
+# ----------------------------------------------------------------------------- batch scaling, bf16 default, compile
+
+
+def test_scale_to_batch_keeps_the_images_seen():
+    same = train.scale_to_batch(64, 64, 11000, lr=2e-3, ema_decay=0.999)
+    assert (same.steps, same.lr, same.ema_decay, same.warmup) == (11000, 2e-3, 0.999, 100)
+    hp = train.scale_to_batch(512, 64, 11000, lr=2e-3, ema_decay=0.999)
+    assert hp.batch_size == 512 and hp.steps == 1375  # 11000 * 64 / 512: the same 704,000 images
+    assert hp.lr == pytest.approx(2e-3 * math.sqrt(8))  # square-root rule, not linear (1.6e-2) nor unchanged
+    assert hp.ema_decay == pytest.approx(0.999 ** 8)  # one new step replaces eight old ones in the average
+    assert hp.warmup in (12, 13)
+    assert train.scale_to_batch(100, 64, 1000, lr=1e-3, ema_decay=0.99).steps == 640  # rounded up, never short
+    for bad in (0, -8, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            train.scale_to_batch(bad, 64, 100, lr=1e-3, ema_decay=0.99)
+
+
+@pytest.mark.parametrize("argv, batch, steps", [
+    (["mnist-unet"], 64, 11000),
+    (["mnist-unet", "--batch", "512"], 512, 1375),
+    (["mnist-unet", "--batch", "512", "--steps", "40"], 512, 40),  # explicit steps are taken as they are
+    (["mnist-noisy-classifier", "--batch", "512"], 512, 2000),  # 8000 steps of 128
+])
+def test_main_scales_the_recipe_to_the_batch(monkeypatch, argv, batch, steps):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(steps, device, checkpoint=None, batch_size=64 if argv[0] == "mnist-unet" else 128):
+        seen.update(steps=steps, batch_size=batch_size)
+        raise Stop
+
+    monkeypatch.setitem(train.RECIPES, argv[0], (fake, train.RECIPES[argv[0]][1]))
+    with pytest.raises(Stop):
+        train.main(argv)
+    assert seen == {"steps": steps, "batch_size": batch}
+
+
+def test_every_recipe_takes_a_batch_size():
+    import inspect
+
+    for name, (fn, _) in train.RECIPES.items():
+        assert inspect.signature(fn).parameters["batch_size"].default in (64, 128), name
+
+
+def test_default_bf16_only_where_the_hardware_has_it(monkeypatch):
+    assert train.default_bf16("cpu") == train.fast_cpu_bf16()
+    assert train.default_bf16("mps") is False
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4: emulated bf16
+    assert train.default_bf16("cuda") is False
+    assert train._precision("cuda") == "float32, TF32"  # what the recipe writes into the manifest
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100/H200
+    assert train.default_bf16("cuda") is True
+    assert train._precision("cuda") == "bf16 autocast, TF32"
+    assert train._precision("cpu") == ("bf16 autocast" if train.fast_cpu_bf16() else "float32")
+
+
+def _mlp_run(**kw):
+    torch.manual_seed(0)
+    model = nets.MLPDenoiser(hidden=16, layers=1)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    loss = kw.pop("loss", train.diffusion_loss(schedules.make_schedule("cosine", 100)))
+    return train.train(model, loss, data, steps=6, batch_size=8, seed=3, device="cpu", progress=False, warmup=2,
+                       **kw)
+
+
+def test_compile_trains_the_same_and_checkpoints_the_plain_model(tmp_path):
+    """The real torch.compile on this CPU (it needs the C++ compiler; ~30 s): the same losses as without it, and
+    the checkpoint holds the model's own parameter names (a compiled wrapper would prefix them with _orig_mod.)."""
+    plain = _mlp_run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback here would mean the compiled path was never tried
+        compiled = _mlp_run(compile=True, checkpoint=tmp_path / "c.pt", checkpoint_every=3)
+    assert compiled.losses == pytest.approx(plain.losses, rel=1e-5)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert set(state["model"]) == set(plain.model.state_dict()) == set(state["ema"])
+    assert not hasattr(compiled.model, "_orig_mod")
+
+
+class _BrokenCompile(torch.nn.Module):
+    """What torch.compile returns where compiling fails: the error comes at the first call."""
+    calls = 0
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        type(self).calls += 1
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nlong traceback...")
+
+
+def test_a_failing_compile_falls_back_with_the_reason_and_the_same_run(monkeypatch):
+    plain = _mlp_run()
+    monkeypatch.setattr(torch, "compile", _BrokenCompile)
+    _BrokenCompile.calls = 0
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: InvalidCxxCompiler: No working C\+\+ "
+                                         r"compiler found\); training without it"):
+        fell_back = _mlp_run(compile=True)
+    assert _BrokenCompile.calls == 1  # not tried again at every step
+    # the failed step's draws were rewound: exactly the run without compile
+    assert fell_back.losses == plain.losses
+
+
+def test_a_genuine_loss_error_is_not_hidden_by_the_compile_fallback(monkeypatch):
+    class Works(torch.nn.Module):  # compiling "works": a wrapper that calls the model
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            return self.model(*args)
+
+    monkeypatch.setattr(torch, "compile", Works)
+
+    def bad_loss(model, batch, generator):
+        raise ValueError("the learner's own bug")
+
+    with pytest.warns(UserWarning, match="torch.compile failed"), pytest.raises(ValueError, match="own bug"):
+        _mlp_run(compile=True, loss=bad_loss)
+
+
+def test_settings_grid_times_each_combination_and_labels_a_failed_compile(monkeypatch):
+    from course_lib import bench
+
+    monkeypatch.setattr(bench, "GRID", [(False, False, False), (False, True, False), (False, False, True)])
+    monkeypatch.setattr(torch, "compile", _BrokenCompile)
+    monkeypatch.setattr(bench, "UNet", lambda num_classes: tiny_unet(num_classes))
+    rows = bench.settings_grid("cpu", batch=2, train_steps=1)
+    assert [(r["bf16"], r["channels_last"]) for r in rows] == [(False, False), (False, True), (False, False)]
+    assert rows[0]["compile"] is False and rows[1]["compile"] is False
+    assert rows[2]["compile"].startswith("failed: torch.compile failed (RuntimeError: InvalidCxxCompiler")
+    assert all(r["train_images_per_s"] > 0 for r in rows)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check (issue 12): the bench on the GPU at batch 64 and 512, then every lesson and solution in default mode
+# The GPU check (issue 12): the bench on the GPU at batch 64 and 512 (at 512 also train()'s settings grid: bf16,
+# channels_last and torch.compile, which train()'s CUDA defaults should follow), then every lesson and solution in default mode
 # (not COURSE_FAST) under nbval, each notebook in its own pytest run with its wall-clock time. Prints a Markdown
 # table for the README and writes it to $OUT (default /tmp/gpu-check): bench.txt, table.md, and failures.log with the
 # log of every notebook that failed (few files, so that a remote run can bring them all back).
@@ -29,8 +30,10 @@ fi
   "$PYTHON" -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
   for batch in ${BATCHES-64 512}; do
     echo "== bench, batch $batch"
+    grid=""
+    if [ "$batch" -ge 512 ] && [ "${GRID:-1}" = 1 ]; then grid=--grid; fi   # GRID=0 skips the settings grid
     "$PYTHON" -m course_lib.bench --device "$device" --batch "$batch" --sample-batch "$batch" \
-      --ddpm-steps "${DDPM_STEPS:-1000}" 2>&1
+      --ddpm-steps "${DDPM_STEPS:-1000}" $grid 2>&1
   done
 } | tee "$OUT/bench.txt"
 
