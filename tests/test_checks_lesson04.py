@@ -8,7 +8,7 @@ import torch
 
 from course_lib import samplers
 from course_lib.checks import ExerciseError, lesson04
-from course_lib.schedules import make_schedule
+from course_lib.schedules import at, make_schedule
 
 
 def _stub(*args, **kwargs):
@@ -182,9 +182,73 @@ def encode_without_x0_hat(model, x0, schedule, steps):
     return x
 
 
+def good_encode(model, x0, schedule, steps):
+    """The solution notebook's answer: the timesteps made on x's device, the schedule's numbers as 0-dim tensors."""
+    ab, x, t = schedule.alpha_bars.double(), x0, -1
+    for t_next in samplers.ddim_timesteps(schedule.T, steps, "leading").flip(0).tolist():
+        eps = model(x, torch.full((x.shape[0],), max(t, 0), dtype=torch.long, device=x.device))
+        a = ab[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        x0_hat = (x - (1 - a).sqrt().float() * eps) / a.sqrt().float()
+        x, t = ab[t_next].sqrt().float() * x0_hat + (1 - ab[t_next]).sqrt().float() * eps, t_next
+    return x
+
+
+def encode_with_at(model, x0, schedule, steps):
+    """Per-sample alpha_bar through schedules.at with the timesteps on x's device: right, but at() reads t's values
+    (its range check), which meta tensors do not have; the device probe must then stay silent."""
+    x, t = x0, -1
+    for t_next in samplers.ddim_timesteps(schedule.T, steps, "leading").flip(0).tolist():
+        t_vec = torch.full((x.shape[0],), max(t, 0), dtype=torch.long, device=x.device)
+        eps = model(x, t_vec)
+        a = at(schedule.alpha_bars, t_vec, x) if t >= 0 else torch.ones((), device=x.device)
+        a_next = at(schedule.alpha_bars, torch.full_like(t_vec, t_next), x)
+        x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x, t = a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps, t_next
+    return x
+
+
+def encode_cpu_timesteps(model, x0, schedule, steps):
+    """Right on the CPU, but torch.full without device=: CPU timesteps for a U-Net on the GPU."""
+    ab, x, t = schedule.alpha_bars.double(), x0, -1
+    for t_next in samplers.ddim_timesteps(schedule.T, steps, "leading").flip(0).tolist():
+        eps = model(x, torch.full((x.shape[0],), max(t, 0), dtype=torch.long))
+        a = ab[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        x0_hat = (x - (1 - a).sqrt().float() * eps) / a.sqrt().float()
+        x, t = ab[t_next].sqrt().float() * x0_hat + (1 - ab[t_next]).sqrt().float() * eps, t_next
+    return x
+
+
+def encode_cpu_alpha_bar(model, x0, schedule, steps):
+    """Right on the CPU, timesteps on x's device, but a (B, 1, 1, 1) alpha_bar built on the CPU: on a GPU that
+    product raises (a 0-dim CPU tensor would be fine)."""
+    x, t = x0, -1
+    for t_next in samplers.ddim_timesteps(schedule.T, steps, "leading").flip(0).tolist():
+        eps = model(x, torch.full((x.shape[0],), max(t, 0), dtype=torch.long, device=x.device))
+        a = schedule.alpha_bars[torch.full((x.shape[0],), t)].view(-1, 1, 1, 1) if t >= 0 else torch.ones(())
+        a_next = schedule.alpha_bars[torch.full((x.shape[0],), t_next)].view(-1, 1, 1, 1)  # (B, 1, 1, 1), CPU
+        x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x, t = a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps, t_next
+    return x
+
+
 def test_encode_reference_passes(capsys):
     lesson04.check_ddim_encode(lambda m, x0, s, steps: samplers.ddim_encode(m, x0, s, steps=steps))
-    assert "Exercise 4.4 passed" in capsys.readouterr().out
+    lesson04.check_ddim_encode(good_encode)
+    lesson04.check_ddim_encode(encode_with_at)
+    assert capsys.readouterr().out.count("Exercise 4.4 passed") == 3
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (encode_cpu_timesteps, "called the model with x on meta but t on cpu"),
+    (encode_cpu_alpha_bar, "your encoder raised"),
+])
+def test_encode_on_the_cpu_only_fails_with_the_device_hint(wrong, words):
+    """The device probe: right numbers on the CPU, but a tensor made on the CPU, which the GPU notebook trips over."""
+    with pytest.raises(ExerciseError) as info:
+        lesson04.check_ddim_encode(wrong)
+    message = str(info.value)
+    assert "4.4" in message and words in message
+    assert "created" in message and "on the CPU" in message and "device=x.device" in message
 
 
 # ---------------------------------------------------------------------------------------- 4.1-4.4: wrong answers, stubs

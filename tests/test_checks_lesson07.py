@@ -15,12 +15,12 @@ def _stub(*args, **kwargs):
 # ---------------------------------------------------------------------------------------- 7.1
 
 def good_drop(y, p, null_class, generator=None):
-    drop = torch.rand(y.shape, generator=generator) < p
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < p
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
 def bernoulli_drop(y, p, null_class, generator=None):
-    drop = torch.bernoulli(torch.full(y.shape, float(p)), generator=generator).bool()
+    drop = torch.bernoulli(torch.full(y.shape, float(p), device=y.device), generator=generator).bool()
     return y.masked_fill(drop, null_class)
 
 
@@ -61,7 +61,13 @@ def drop_float(y, p, null_class, generator=None):
 
 
 def drop_le(y, p, null_class, generator=None):
-    drop = torch.rand(y.shape, generator=generator) <= p
+    drop = torch.rand(y.shape, generator=generator, device=y.device) <= p
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+def drop_cpu_mask(y, p, null_class, generator=None):
+    """Right on the CPU, but the mask drawn there: on the GPU, with train()'s generator there, torch.rand raises."""
+    drop = torch.rand(y.shape, generator=generator) < p
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
@@ -85,6 +91,16 @@ def test_drop_labels_references_pass(capsys):
 def test_drop_labels_mistakes_are_named(fn, words):
     with pytest.raises(ExerciseError, match=words):
         lesson07.check_drop_labels(fn)
+
+
+def test_drop_labels_on_the_cpu_only_fails_with_the_device_hint():
+    """The device probe (labels on the meta device): a mask drawn on the CPU is named, with the fix."""
+    with pytest.raises(ExerciseError) as info:
+        lesson07.check_drop_labels(drop_cpu_mask)
+    message = str(info.value)
+    assert "7.1" in message and "your drop_labels raised" in message
+    assert "created a tensor on the CPU while y was on another device" in message
+    assert "torch.rand(y.shape, generator=generator, device=y.device)" in message
 
 
 # ---------------------------------------------------------------------------------------- 7.2

@@ -16,6 +16,13 @@ def _stub(*args, **kwargs):
 
 def good_noised(x_known, t, schedule, generator=None):
     alpha_bar = schedule.alpha_bars[t]
+    z = torch.randn(x_known.shape, generator=generator).to(x_known.device)
+    return alpha_bar.sqrt() * x_known + (1 - alpha_bar).sqrt() * z
+
+
+def noised_cpu_noise(x_known, t, schedule, generator=None):
+    """Right on the CPU, but z stays there: on the GPU, adding it to x_known raises."""
+    alpha_bar = schedule.alpha_bars[t]
     z = torch.randn(x_known.shape, generator=generator)
     return alpha_bar.sqrt() * x_known + (1 - alpha_bar).sqrt() * z
 
@@ -46,6 +53,16 @@ def noised_in_place(x_known, t, schedule, generator=None):
 
 def noised_wrong_shape(x_known, t, schedule, generator=None):
     return good_noised(x_known, t, schedule, generator)[0]
+
+
+def test_noised_known_on_the_cpu_only_fails_with_the_device_hint():
+    """The device probe (x_known on the meta device, a CPU generator): noise left on the CPU is named, with the fix."""
+    with pytest.raises(ExerciseError) as info:
+        lesson09.check_noised_known(noised_cpu_noise)
+    message = str(info.value)
+    assert "9.1" in message and "your noised_known raised" in message
+    assert "created a tensor on the CPU while x_known was on another device" in message
+    assert "torch.randn(x_known.shape, generator=generator).to(x_known.device)" in message
 
 
 def test_noised_known_references_pass(capsys):
@@ -79,6 +96,12 @@ def test_noised_known_mistakes_are_named(fn, words):
 
 def good_undo(x_prev, t_prev, t, schedule, generator=None):
     ratio = schedule.alpha_bars[t] / schedule.alpha_bars[t_prev]
+    return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * torch.randn(x_prev.shape, generator=generator).to(x_prev.device)
+
+
+def undo_cpu_noise(x_prev, t_prev, t, schedule, generator=None):
+    """Right on the CPU, but z stays there."""
+    ratio = schedule.alpha_bars[t] / schedule.alpha_bars[t_prev]
     return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * torch.randn(x_prev.shape, generator=generator)
 
 
@@ -86,7 +109,7 @@ def good_undo_one_step_at_a_time(x_prev, t_prev, t, schedule, generator=None):
     x = x_prev
     for s in range(t_prev + 1, t + 1):
         beta = schedule.betas[s]
-        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn(x.shape, generator=generator)
+        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn(x.shape, generator=generator).to(x.device)
     return x
 
 
@@ -116,6 +139,15 @@ def undo_fixed_noise(x_prev, t_prev, t, schedule, generator=None):
 
 def undo_identity(x_prev, t_prev, t, schedule, generator=None):
     return x_prev.clone()
+
+
+def test_undo_step_on_the_cpu_only_fails_with_the_device_hint():
+    with pytest.raises(ExerciseError) as info:
+        lesson09.check_undo_step(undo_cpu_noise)
+    message = str(info.value)
+    assert "9.2" in message and "your undo_step raised" in message
+    assert "created a tensor on the CPU while x_prev was on another device" in message
+    assert "torch.randn(x_prev.shape, generator=generator).to(x_prev.device)" in message
 
 
 def test_undo_step_references_pass(capsys):

@@ -57,6 +57,27 @@ def test_prompt_explorer_draws_the_typed_prompt(pipe):
     assert all(c in (0, 1, 2) for c in w.thickness + w.slant_class)
 
 
+def test_widget_reading_calls_text_to_image_as_the_widget_does(pipe, monkeypatch):
+    """Exercise 8.5's check reads the very images the widget shows, bit for bit: the same call, return_attention=True
+    included (it runs the explicit softmax instead of the fused attention, which rounds differently)."""
+    calls = []
+    text_to_image = latent.text_to_image
+
+    def spy(*args, **kwargs):
+        out = text_to_image(*args, **kwargs)
+        images = out[0] if isinstance(out, tuple) else out
+        calls.append((args, {k: v for k, v in kwargs.items() if k != "generator"}, images))
+        return out
+
+    monkeypatch.setattr(latent, "text_to_image", spy)
+    w = widgets.prompt_explorer(pipe, prompt="a thin two", w=2.5, steps=3, n=2, generator_seed=5)
+    predicted, thirds = lesson08.widget_reading(pipe, "a thin two", 2.5, n=2, steps=3, seed=5)
+    (widget_args, widget_kwargs, shown), (check_args, check_kwargs, read) = calls
+    assert widget_args == check_args and widget_kwargs == check_kwargs and check_kwargs["return_attention"] is True
+    assert torch.equal(read, shown) and torch.equal(w.samples, read.cpu())
+    assert torch.equal(predicted, w.predicted) and thirds.tolist() == w.thickness
+
+
 def test_prompt_explorer_shows_a_bad_word_as_a_message(pipe):
     w = widgets.prompt_explorer(pipe, prompt="a seven", steps=2, n=2)
     good = w.samples.clone()

@@ -66,3 +66,28 @@ def diagnose(ex, value, expected, mistakes, name, hint):
     k = int(err.flatten().nan_to_num(float("inf")).argmax())
     fail(ex, f"{name} is off: at index {k} expected {expected.flatten()[k].item():.6g}, "
              f"got {value.detach().flatten()[k].item():.6g}", hint)
+
+
+def _device_error(error):
+    """Whether ``error`` says that tensors on two devices met (not that a meta tensor has no values to read)."""
+    message = str(error)
+    return "device" in message and "meta tensors" not in message and "'Meta' backend" not in message
+
+
+def expect_on_meta(exercise, call, name, hint):
+    """The device probe: ``call()`` runs the learner's function with its tensor inputs on the meta device, which
+    stands in for a GPU here (its tensors have shapes and dtypes but no values, so torch checks every operation's
+    devices at no cost). Fail if the function mixed in a tensor it made on the CPU (torch raises) or returned a
+    tensor that is not on meta. Run it after the numeric checks, so that a wrong answer gets its own hint first.
+    A function that needs values (``.item()``, ``if (x > 0).any()``) cannot run on meta: the probe then says
+    nothing, as a right answer may do that."""
+    try:
+        out = call()
+    except RuntimeError as error:  # NotImplementedError ("no 'Meta' kernel") is one too
+        if not _device_error(error):
+            return
+        fail(exercise, f"with its inputs on another device than the CPU (the meta device, standing in for a GPU), "
+                       f"{name} raised: {str(error).splitlines()[0]}", hint)
+    if isinstance(out, torch.Tensor) and out.device.type != "meta":
+        fail(exercise, f"with its inputs on another device than the CPU (the meta device, standing in for a GPU), "
+                       f"{name} returned a tensor on {out.device.type}", hint)

@@ -13,7 +13,7 @@ import torch
 
 from ..samplers import ddim_encode, ddim_sample, ddim_step, ddim_timesteps, slerp
 from ..schedules import at, make_schedule
-from . import expect_close, expect_tensor, fail, passed
+from . import expect_close, expect_on_meta, expect_tensor, fail, passed
 
 
 def gaussian_eps_model(schedule, mu, std):
@@ -210,6 +210,20 @@ class _Recording:
         return self.model(x, t)
 
 
+class _DeviceProbe:
+    """A model callable for the device probe: eps = 0 on x's device, and a failure if the timesteps it is given are
+    a tensor on the CPU while x is not (in the notebook: CPU timesteps for a U-Net and images on the GPU)."""
+
+    def __call__(self, x, t):
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and x.device.type != "cpu":
+            fail("4.4", f"with x_0 on another device than the CPU (the meta device, standing in for a GPU), your "
+                        f"encoder called the model with x on {x.device.type} but t on {t.device.type}",
+                 "your function created the timesteps on the CPU while the images were on another device (a GPU in "
+                 "the notebook): make them where x is, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), "
+                 "as the course's samplers hand them to a model")
+        return torch.zeros_like(x)
+
+
 def check_ddim_encode(ddim_encode_fn):
     """``ddim_encode_fn(model, x0, schedule, steps)`` on the exact Gaussian toy model: decoding its output
     with ``samplers.ddim_sample(..., x_T=...)`` must give x_0 back, and encoding data must give
@@ -252,6 +266,12 @@ def check_ddim_encode(ddim_encode_fn):
                      name=f"ddim_encode(..., steps={steps})", atol=1e-3, rtol=1e-3)
         x0_rec = ddim_sample(model, x0.shape, schedule, steps=steps, x_T=x_T)
         err = (x0_rec - x0).abs().mean().item()
+    # the device probe: x_0 on the meta device (a stand-in for the notebook's GPU), eps = 0 on x's device
+    expect_on_meta(ex, lambda: ddim_encode_fn(_DeviceProbe(), x0[:2].to("meta"), schedule, 10), "your encoder",
+                   "your function created a tensor on the CPU while x_0 was on another device (a GPU in the notebook): "
+                   "make new tensors on x's device (torch.full((B,), t, dtype=torch.long, device=x.device)), or "
+                   "multiply x by plain numbers and 0-dim tensors of the schedule, never by a (B, 1, 1, 1) tensor "
+                   "built on the CPU")
     passed(ex, f"decode(encode(x_0)) gives x_0 back (mean error {err:.4f} at 40 steps on the toy model), "
                f"and the codes look like N(0, I).")
 

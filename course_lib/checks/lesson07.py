@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..guidance import CFG_CONVENTIONS, classifier_free, s_from
-from . import expect_tensor, fail, passed
+from . import expect_on_meta, expect_tensor, fail, passed
 
 
 def _close(a, b, atol=1e-5, rtol=1e-4):
@@ -93,6 +93,11 @@ def check_drop_labels(drop_labels_fn):
         fail(ex, "p_uncond = 0 changed some labels", "with p_uncond = 0 nothing is dropped: use a strict torch.rand(...) < p")
     if not (_dropout_call(drop_labels_fn, y[:500], 1.0, null, torch.Generator().manual_seed(75)) == null).all():
         fail(ex, "p_uncond = 1 kept some labels", "with p_uncond = 1 every label becomes the null class")
+    # 5. the device probe: labels on the meta device (a stand-in for the GPU, where train() makes its generator too)
+    expect_on_meta(ex, lambda: drop_labels_fn(y[:64].to("meta"), 0.1, null, generator=None), "your drop_labels",
+                   "your function created a tensor on the CPU while y was on another device (a GPU in the notebook, "
+                   "where train() also makes its generator there): draw the mask on y's device, "
+                   "torch.rand(y.shape, generator=generator, device=y.device)")
     passed(ex, "each label is dropped on its own with probability p_uncond, to the null class, with a fresh, "
                "reproducible mask at every call.")
 

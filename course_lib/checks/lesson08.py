@@ -418,7 +418,10 @@ def widget_reading(pipe, prompt, s, n=4, steps=25, seed=0):
     (predicted labels (n,), thickness third (n,) of real digits of the predicted class: 0 thin, 1 middle, 2 thick)."""
     from ..metrics import attribute_thresholds, predict_labels
 
-    x = latent.text_to_image(pipe, [prompt] * n, steps=steps, w=s, generator=torch.Generator().manual_seed(seed))
+    # called exactly as the widget calls it: return_attention=True runs the explicit softmax instead of torch's fused
+    # attention, which rounds differently, and a sample near a class or thickness boundary could read otherwise
+    x, _ = latent.text_to_image(pipe, [prompt] * n, steps=steps, w=s, generator=torch.Generator().manual_seed(seed),
+                                return_attention=True)
     predicted = predict_labels(x.cpu())
     bounds = attribute_thresholds()["ink"][predicted]  # (n, 2)
     ink = latent.ink(x.cpu()).double()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..inpainting import inpaint_nfe, repaint_timesteps
 from ..schedules import make_schedule
 from ..superres import FACTORS, condition
-from . import _close, diagnose, expect_tensor, fail, passed
+from . import _close, diagnose, expect_on_meta, expect_tensor, fail, passed
 
 _N_SHAPE = (4, 1, 64, 64)  # 16,384 pixels for the statistics
 
@@ -72,8 +72,18 @@ def _expect_fresh_and_reproducible(ex, call, clean_hint):
     again = call(torch.Generator().manual_seed(91))
     if not torch.equal(first, again):
         fail(ex, "two calls with equally seeded generators gave different results",
-             "draw the noise from the generator you are given: torch.randn(x.shape, generator=generator) "
+             "draw the noise from the generator you are given: torch.randn(x.shape, generator=generator).to(x.device) "
              "(torch.randn_like takes no generator), so that a seeded run is reproducible")
+
+
+def _expect_on_device(ex, call, name, x):
+    """The device probe of 9.1 and 9.2: ``call(generator)`` with the image ``x`` on the meta device (a stand-in for
+    the notebook's GPU) and a CPU generator, as the notebook's RePaint loop passes them; the result must be on meta."""
+    expect_on_meta(ex, lambda: call(torch.Generator().manual_seed(0)), f"your {name}",
+                   f"your function created a tensor on the CPU while {x} was on another device (a GPU in the notebook): "
+                   f"draw the noise on the generator's device and move it, z = torch.randn({x}.shape, "
+                   f"generator=generator).to({x}.device). (device={x}.device would not do: the notebook's generator is "
+                   "a CPU one, and torch draws only on the generator's device)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,8 +109,8 @@ def check_noised_known(noised_known_fn):
     """``noised_known_fn(x_known, t, schedule, generator)`` -> sqrt(alpha_bar_t) x_known + sqrt(1 - alpha_bar_t) z
     with z ~ N(0, I) drawn afresh from ``generator`` at every call; t in 0..T-1."""
     ex = "9.1"
-    hint = ("alpha_bar = schedule.alpha_bars[t]; z = torch.randn(x_known.shape, generator=generator); return "
-            "alpha_bar.sqrt() * x_known + (1 - alpha_bar).sqrt() * z (Ho et al., 2020, eq. 4)")
+    hint = ("alpha_bar = schedule.alpha_bars[t]; z = torch.randn(x_known.shape, generator=generator).to(x_known.device); "
+            "return alpha_bar.sqrt() * x_known + (1 - alpha_bar).sqrt() * z (Ho et al., 2020, eq. 4)")
     sqrt_hint = ("noise not square-rooted: (1 - alpha_bar_t) is the VARIANCE of the noise, so z is scaled by "
                  "sqrt(1 - alpha_bar_t). RePaint's Algorithm 1 line 5 prints (1 - alpha_bar_t) eps, a misprint; "
                  "its eq. 8a, N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I), is the right form")
@@ -135,9 +145,13 @@ def check_noised_known(noised_known_fn):
     # 3. fresh noise at every call, from the generator
     _expect_fresh_and_reproducible(
         ex, lambda g: noised_known_fn(x[:1], 9, coarse, g),
-        "reusing a fixed noise draw: draw a NEW z at every call with torch.randn(x_known.shape, generator=generator); "
+        "reusing a fixed noise draw: draw a NEW z at every call with torch.randn(x_known.shape, generator=generator)"
+        ".to(x_known.device); "
         "do not create or re-seed a generator inside, do not keep z from an earlier call. The pasted region needs "
         "fresh noise at every step, like the rest of the sample")
+    # 4. the device probe: x_known on the meta device (a stand-in for the notebook's GPU), a CPU generator
+    _expect_on_device(ex, lambda g: noised_known_fn(torch.empty((2, 1, 8, 8), device="meta"), 500, schedule, g),
+                      "noised_known", "x_known")
     passed(ex, "sqrt(alpha_bar_t) x_known + sqrt(1 - alpha_bar_t) z at the level of step t, with fresh, reproducible "
                "noise.")
 
@@ -151,8 +165,8 @@ def check_undo_step(undo_step_fn):
     sqrt(1 - ab_t / ab_prev) z for t > t_prev >= 0, z ~ N(0, I) fresh from ``generator``."""
     ex = "9.2"
     hint = ("ratio = schedule.alpha_bars[t] / schedule.alpha_bars[t_prev]; z = torch.randn(x_prev.shape, "
-            "generator=generator); return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * z (eq. 1 of Ho et al. "
-            "composed over the steps t_prev + 1 .. t)")
+            "generator=generator).to(x_prev.device); return ratio.sqrt() * x_prev + (1 - ratio).sqrt() * z (eq. 1 of "
+            "Ho et al. composed over the steps t_prev + 1 .. t)")
     coarse = make_schedule("cosine", 20)
     fine = make_schedule("linear", 1000)
     x = _pm_ones(93)
@@ -198,7 +212,10 @@ def check_undo_step(undo_step_fn):
         _classify(ex, c, v, n, (math.sqrt(r), 1 - r), mistakes, what, hint)
     _expect_fresh_and_reproducible(
         ex, lambda g: undo_step_fn(x[:1], 4, 9, coarse, g),
-        "reusing a fixed noise draw: draw a NEW z at every call with torch.randn(x_prev.shape, generator=generator)")
+        "reusing a fixed noise draw: draw a NEW z at every call with torch.randn(x_prev.shape, generator=generator)"
+        ".to(x_prev.device)")
+    _expect_on_device(ex, lambda g: undo_step_fn(torch.empty((2, 1, 8, 8), device="meta"), 200, 220, fine, g),
+                      "undo_step", "x_prev")
     passed(ex, "x_t = sqrt(alpha_bar_t / alpha_bar_prev) x_prev + sqrt(1 - alpha_bar_t / alpha_bar_prev) z: one step "
                "of the forward process, or several composed, with fresh noise.")
 
