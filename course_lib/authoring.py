@@ -695,6 +695,10 @@ def _literal_text(node) -> str | None:
     return None
 
 
+# the check helpers whose call carries a literal hint, and the position of the hint among their arguments
+HINT_POSITION = {"fail": 2, "expect_on_meta": 3}
+
+
 def check_hints(root, lesson: int, function: str) -> list[str]:
     """The hints that ``course_lib/checks/lessonNN.py``'s ``function`` can give, read from its source.
 
@@ -743,8 +747,9 @@ def check_hints(root, lesson: int, function: str) -> list[str]:
                 add_table(node)
             elif isinstance(node, ast.Name) and node.id in tables:
                 add_table(tables.pop(node.id))
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "fail":
-                hint = node.args[2] if len(node.args) > 2 else next(
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in HINT_POSITION:
+                pos = HINT_POSITION[node.func.id]
+                hint = node.args[pos] if len(node.args) > pos else next(
                     (k.value for k in node.keywords if k.arg == "hint"), None)
                 text = _literal_text(hint) if hint is not None else None
                 if text is not None:

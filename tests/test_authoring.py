@@ -480,6 +480,9 @@ def test_instructor_tables_list_points_and_are_checked_when_instructors_exists(r
 def test_check_hints_are_read_from_the_checks():
     hints = authoring.check_hints(REPO, 1, "check_alpha_bar_from_betas")
     assert any(h.startswith("the product of the betas: multiply the alphas") for h in hints)
+    # the device probe's hint (expect_on_meta's fourth argument) is listed for instructors too
+    hints = authoring.check_hints(REPO, 7, "check_drop_labels")
+    assert any(h.startswith("your function created a tensor on the CPU while y was on another device") for h in hints)
 
 
 # ---------------------------------------------------------------------------
