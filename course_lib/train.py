@@ -656,7 +656,8 @@ def main(argv=None):
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be a positive integer, got {args.batch}")
     batch = args.batch or base_batch
-    steps = args.steps or math.ceil(default_steps * base_batch / batch)  # the same number of images: scale_to_batch
+    # The same number of images as the recipe's own run; the recipe scales lr, EMA and warm-up itself.
+    steps = args.steps or scale_to_batch(batch, base_batch, default_steps, lr=1.0, ema_decay=1.0).steps
     result, info = fn(steps, args.device, checkpoint=args.checkpoint, batch_size=batch)
     device = next(result.model.parameters()).device
     threads = torch.get_num_threads()

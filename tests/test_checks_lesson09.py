@@ -55,16 +55,6 @@ def noised_wrong_shape(x_known, t, schedule, generator=None):
     return good_noised(x_known, t, schedule, generator)[0]
 
 
-def test_noised_known_on_the_cpu_only_fails_with_the_device_hint():
-    """The device probe (x_known on the meta device, a CPU generator): noise left on the CPU is named, with the fix."""
-    with pytest.raises(ExerciseError) as info:
-        lesson09.check_noised_known(noised_cpu_noise)
-    message = str(info.value)
-    assert "9.1" in message and "your noised_known raised" in message
-    assert "created a tensor on the CPU while x_known was on another device" in message
-    assert "torch.randn(x_known.shape, generator=generator).to(x_known.device)" in message
-
-
 def test_noised_known_references_pass(capsys):
     lesson09.check_noised_known(good_noised)
     lesson09.check_noised_known(inpainting.noised_known)
@@ -141,13 +131,18 @@ def undo_identity(x_prev, t_prev, t, schedule, generator=None):
     return x_prev.clone()
 
 
-def test_undo_step_on_the_cpu_only_fails_with_the_device_hint():
+@pytest.mark.parametrize("check, fn, exercise, name, tensor", [
+    (lesson09.check_noised_known, noised_cpu_noise, "9.1", "noised_known", "x_known"),
+    (lesson09.check_undo_step, undo_cpu_noise, "9.2", "undo_step", "x_prev"),
+])
+def test_noise_on_the_cpu_only_fails_with_the_device_hint(check, fn, exercise, name, tensor):
+    """The device probe (the input on the meta device, a CPU generator): noise left on the CPU is named, with the fix."""
     with pytest.raises(ExerciseError) as info:
-        lesson09.check_undo_step(undo_cpu_noise)
+        check(fn)
     message = str(info.value)
-    assert "9.2" in message and "your undo_step raised" in message
-    assert "created a tensor on the CPU while x_prev was on another device" in message
-    assert "torch.randn(x_prev.shape, generator=generator).to(x_prev.device)" in message
+    assert exercise in message and f"your {name} raised" in message
+    assert f"created a tensor on the CPU while {tensor} was on another device" in message
+    assert f"torch.randn({tensor}.shape, generator=generator).to({tensor}.device)" in message
 
 
 def test_undo_step_references_pass(capsys):
