@@ -851,6 +851,26 @@ def inpainting_quality(pipe, n, n_cost=4, device="cpu"):
             "cost": repaint_cost(model, pipe.schedule, n_cost, device=device)}
 
 
+def batch_scaling_quality(folder, n, scales=(1.0, 3.0)):
+    """The ``guidance`` rows (DDIM-50, clip_x0, ``n`` class-balanced samples per scale, seed 0) of an mnist-unet
+    retrained at another batch size by ``python -m course_lib.train mnist-unet --batch 512 --out FOLDER``
+    (:func:`train.scale_to_batch`), as ``quality.json["batch_scaling"]``: does the scaled recipe, the one a GPU
+    runs, give the shipped model's quality? Its manifest (recipe, training, time, hardware) comes with the rows."""
+    retrained = pretrained.load("mnist-unet", folder=folder)
+    if "--batch" not in retrained.info["recipe"]:
+        raise ValueError(f"the mnist-unet in {folder} was trained at the recipe's own batch size "
+                         f"({retrained.info['recipe']!r}); the batch_scaling part measures one retrained with "
+                         "--batch, e.g. python -m course_lib.train mnist-unet --batch 512 --out FOLDER")
+    rows = []
+    for s in scales:
+        r = sampler_table(retrained.model, retrained.schedule, n, [("ddim", 50)], image_shape=retrained.image_shape,
+                          null_class=retrained.null_class, s=s, clip_x0=True)[0]
+        print(json.dumps(r))
+        rows.append(r)
+    keys = ("recipe", "training", "seconds", "hardware", "final_loss", "sha256")
+    return {**{k: retrained.info[k] for k in keys}, "guidance": rows}
+
+
 def main(argv=None):
     """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``.
 
@@ -876,10 +896,16 @@ def main(argv=None):
                         help="inpainting part (lesson 09): held-out digits per mask and method")
     parser.add_argument("--n-superres", type=int, default=200,
                         help="superres part (lesson 09): held-out digits per row (4 samples each in the main table)")
-    parser.add_argument("--only", choices=parts, action="append", help="measure only these parts (repeatable)")
+    parser.add_argument("--batch-model", default=None,
+                        help="batch_scaling part: the folder of an mnist-unet retrained with "
+                             "`python -m course_lib.train mnist-unet --batch 512 --out FOLDER`")
+    parser.add_argument("--only", choices=parts + ("batch_scaling",), action="append",
+                        help="measure only these parts (repeatable); batch_scaling only when named, with --batch-model")
     parser.add_argument("--out", default=str(pretrained.FOLDER / "quality.json"))
     args = parser.parse_args(argv)
     todo = args.only or parts
+    if "batch_scaling" in todo and args.batch_model is None:
+        parser.error("--only batch_scaling measures a retrained model: pass --batch-model FOLDER")
     unet = pretrained.load("mnist-unet")
     command = " ".join(["python -m course_lib.metrics", *(sys.argv[1:] if argv is None else argv)])
     result = {}
@@ -946,6 +972,8 @@ def main(argv=None):
             result[part] = inpainting_quality(unet, args.n_inpainting)
         elif part == "superres":  # lesson 09: mnist-sr against bicubic, a guidance sweep and the other factors
             result[part] = superres_table(pretrained.load("mnist-sr"), args.n_superres)
+        elif part == "batch_scaling":  # lesson 03 / README: the --batch 512 recipe (a GPU's) against the shipped model
+            result[part] = batch_scaling_quality(args.batch_model, args.n_guidance)
     # Re-read the file just before writing when only some parts were measured: another run may have added its
     # own parts meanwhile (a sweep takes tens of minutes); keep them.
     if args.only and os.path.exists(args.out):

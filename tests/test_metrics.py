@@ -94,3 +94,41 @@ def test_sampler_quality_tells_real_digits_from_noise():
 def test_sampler_table_unknown_sampler():
     with pytest.raises(ValueError, match="ddim, ddpm"):
         metrics.sampler_table(lambda x, t, y: x, None, 10, [("euler", 10)])
+
+
+def _retrained_folder(tmp_path, recipe):
+    """A folder holding the shipped mnist-unet's weights under another recipe line, as train.main would write it."""
+    from course_lib import pretrained
+
+    unet = pretrained.load("mnist-unet")
+    info = {k: v for k, v in unet.info.items() if k not in ("file", "sha256", "bytes")}
+    pretrained.save("mnist-unet", unet.model, {**info, "recipe": recipe, "seconds": 123.4}, folder=tmp_path)
+    return tmp_path
+
+
+def test_batch_scaling_refuses_a_model_of_the_recipes_own_batch(tmp_path):
+    folder = _retrained_folder(tmp_path, "python -m course_lib.train mnist-unet --steps 11000")
+    with pytest.raises(ValueError, match="trained at the recipe's own batch size.*--batch 512"):
+        metrics.batch_scaling_quality(folder, 10)
+
+
+def test_batch_scaling_measures_the_retrained_model_at_each_scale(tmp_path, monkeypatch):
+    folder = _retrained_folder(tmp_path, "python -m course_lib.train mnist-unet --steps 1375 --batch 512")
+    calls = []
+
+    def fake_table(net, schedule, n, rows, *, s, clip_x0, **kwargs):
+        calls.append({"n": n, "rows": rows, "s": s, "clip_x0": clip_x0, "null_class": kwargs["null_class"]})
+        return [{"s": s, "accuracy": 0.5}]
+
+    monkeypatch.setattr(metrics, "sampler_table", fake_table)
+    result = metrics.batch_scaling_quality(folder, 10)
+    assert [c["s"] for c in calls] == [1.0, 3.0]  # the guidance rows' scales, each measured once
+    assert all(c["rows"] == [("ddim", 50)] and c["clip_x0"] and c["n"] == 10 and c["null_class"] == 10 for c in calls)
+    assert result["guidance"] == [{"s": 1.0, "accuracy": 0.5}, {"s": 3.0, "accuracy": 0.5}]
+    assert result["recipe"].endswith("--batch 512") and result["seconds"] == 123.4  # the retrained model's manifest
+
+
+def test_metrics_main_wants_the_folder_for_batch_scaling(capsys):
+    with pytest.raises(SystemExit):
+        metrics.main(["--only", "batch_scaling"])
+    assert "pass --batch-model FOLDER" in capsys.readouterr().err
