@@ -871,6 +871,17 @@ def batch_scaling_quality(folder, n, scales=(1.0, 3.0)):
     return {**{k: retrained.info[k] for k in keys}, "guidance": rows}
 
 
+def _kept_by_a_full_run(previous, todo):
+    """What a run of every part keeps of the previous quality.json: the batch_scaling part, unless it is measured
+    again. It measures another model (a retrained one, with its own sha256) from a folder that only --batch-model
+    names, so a run without that folder cannot re-measure it and must not drop it."""
+    if "batch_scaling" in todo or "batch_scaling" not in previous:
+        return {}
+    return {"batch_scaling": previous["batch_scaling"],
+            "commands": {"batch_scaling": previous["commands"]["batch_scaling"]},
+            "hardware_by_part": {"batch_scaling": previous["hardware_by_part"]["batch_scaling"]}}
+
+
 def main(argv=None):
     """``python -m course_lib.metrics``: measure the shipped model and write ``pretrained/quality.json``.
 
@@ -900,15 +911,19 @@ def main(argv=None):
                         help="batch_scaling part: the folder of an mnist-unet retrained with "
                              "`python -m course_lib.train mnist-unet --batch 512 --out FOLDER`")
     parser.add_argument("--only", choices=parts + ("batch_scaling",), action="append",
-                        help="measure only these parts (repeatable); batch_scaling only when named, with --batch-model")
+                        help="measure only these parts (repeatable); batch_scaling needs --batch-model, and a run of "
+                             "every part measures it only with --batch-model (else keeps the file's)")
     parser.add_argument("--out", default=str(pretrained.FOLDER / "quality.json"))
     args = parser.parse_args(argv)
-    todo = args.only or parts
+    todo = args.only or parts + (("batch_scaling",) if args.batch_model else ())
     if "batch_scaling" in todo and args.batch_model is None:
         parser.error("--only batch_scaling measures a retrained model: pass --batch-model FOLDER")
     unet = pretrained.load("mnist-unet")
     command = " ".join(["python -m course_lib.metrics", *(sys.argv[1:] if argv is None else argv)])
     result = {}
+    if not args.only and os.path.exists(args.out):
+        with open(args.out) as f:
+            result = _kept_by_a_full_run(json.load(f), todo)
     if args.only and os.path.exists(args.out):
         with open(args.out) as f:
             result = json.load(f)

@@ -132,3 +132,13 @@ def test_metrics_main_wants_the_folder_for_batch_scaling(capsys):
     with pytest.raises(SystemExit):
         metrics.main(["--only", "batch_scaling"])
     assert "pass --batch-model FOLDER" in capsys.readouterr().err
+
+
+def test_a_full_run_keeps_the_batch_scaling_part_it_cannot_remeasure():
+    previous = {"sha256": "old", "guidance": [{"s": 1.0}], "batch_scaling": {"sha256": "other", "guidance": []},
+                "commands": {"guidance": "g", "batch_scaling": "b"}, "hardware_by_part": {"batch_scaling": "CPU"}}
+    kept = metrics._kept_by_a_full_run(previous, ("guidance", "samplers"))
+    assert kept == {"batch_scaling": {"sha256": "other", "guidance": []}, "commands": {"batch_scaling": "b"},
+                    "hardware_by_part": {"batch_scaling": "CPU"}}  # the shipped model's parts are not kept
+    assert metrics._kept_by_a_full_run(previous, ("guidance", "batch_scaling")) == {}  # measured again
+    assert metrics._kept_by_a_full_run({"guidance": []}, ("guidance",)) == {}
