@@ -855,7 +855,7 @@ def batch_scaling_quality(folder, n, scales=(1.0, 3.0)):
     """The ``guidance`` rows (DDIM-50, clip_x0, ``n`` class-balanced samples per scale, seed 0) of an mnist-unet
     retrained at another batch size by ``python -m course_lib.train mnist-unet --batch 512 --out FOLDER``
     (:func:`train.scale_to_batch`), as ``quality.json["batch_scaling"]``: does the scaled recipe, the one a GPU
-    runs, give the shipped model's quality? Its manifest (recipe, training, time, hardware) comes with the rows."""
+    would want, give the shipped model's quality? Its manifest (recipe, training, time, hardware) comes with the rows."""
     retrained = pretrained.load("mnist-unet", folder=folder)
     if "--batch" not in retrained.info["recipe"]:
         raise ValueError(f"the mnist-unet in {folder} was trained at the recipe's own batch size "
