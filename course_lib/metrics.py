@@ -873,13 +873,16 @@ def batch_scaling_quality(folder, n, scales=(1.0, 3.0)):
 
 def _kept_by_a_full_run(previous, todo):
     """What a run of every part keeps of the previous quality.json: the batch_scaling part, unless it is measured
-    again. It measures another model (a retrained one, with its own sha256) from a folder that only --batch-model
-    names, so a run without that folder cannot re-measure it and must not drop it."""
-    if "batch_scaling" in todo or "batch_scaling" not in previous:
-        return {}
-    return {"batch_scaling": previous["batch_scaling"],
-            "commands": {"batch_scaling": previous["commands"]["batch_scaling"]},
-            "hardware_by_part": {"batch_scaling": previous["hardware_by_part"]["batch_scaling"]}}
+    again, and batch_scaling_sqrt_lr (a model of scale_to_batch's earlier learning-rate rule, kept as the evidence
+    for the current one). They measure other models (retrained ones, with their own sha256) from a folder that only
+    --batch-model names, so a run without that folder cannot re-measure them and must not drop them."""
+    kept = {"commands": {}, "hardware_by_part": {}}
+    for key in ("batch_scaling", "batch_scaling_sqrt_lr"):
+        if key in previous and key not in todo:
+            kept[key] = previous[key]
+            kept["commands"][key] = previous["commands"][key]
+            kept["hardware_by_part"][key] = previous["hardware_by_part"][key]
+    return kept if len(kept) > 2 else {}
 
 
 def main(argv=None):

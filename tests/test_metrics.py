@@ -134,11 +134,16 @@ def test_metrics_main_wants_the_folder_for_batch_scaling(capsys):
     assert "pass --batch-model FOLDER" in capsys.readouterr().err
 
 
-def test_a_full_run_keeps_the_batch_scaling_part_it_cannot_remeasure():
+def test_a_full_run_keeps_the_batch_scaling_parts_it_cannot_remeasure():
     previous = {"sha256": "old", "guidance": [{"s": 1.0}], "batch_scaling": {"sha256": "other", "guidance": []},
-                "commands": {"guidance": "g", "batch_scaling": "b"}, "hardware_by_part": {"batch_scaling": "CPU"}}
+                "batch_scaling_sqrt_lr": {"sha256": "third"},
+                "commands": {"guidance": "g", "batch_scaling": "b", "batch_scaling_sqrt_lr": "q"},
+                "hardware_by_part": {"batch_scaling": "CPU", "batch_scaling_sqrt_lr": "CPU (2)"}}
     kept = metrics._kept_by_a_full_run(previous, ("guidance", "samplers"))
-    assert kept == {"batch_scaling": {"sha256": "other", "guidance": []}, "commands": {"batch_scaling": "b"},
-                    "hardware_by_part": {"batch_scaling": "CPU"}}  # the shipped model's parts are not kept
-    assert metrics._kept_by_a_full_run(previous, ("guidance", "batch_scaling")) == {}  # measured again
+    assert kept == {"batch_scaling": {"sha256": "other", "guidance": []}, "batch_scaling_sqrt_lr": {"sha256": "third"},
+                    "commands": {"batch_scaling": "b", "batch_scaling_sqrt_lr": "q"},
+                    "hardware_by_part": {"batch_scaling": "CPU", "batch_scaling_sqrt_lr": "CPU (2)"}}
+    # measured again: only the record of the earlier rule is kept; the shipped model's parts never are
+    assert set(metrics._kept_by_a_full_run(previous, ("guidance", "batch_scaling"))) == {
+        "batch_scaling_sqrt_lr", "commands", "hardware_by_part"}
     assert metrics._kept_by_a_full_run({"guidance": []}, ("guidance",)) == {}
