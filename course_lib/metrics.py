@@ -851,24 +851,30 @@ def inpainting_quality(pipe, n, n_cost=4, device="cpu"):
             "cost": repaint_cost(model, pipe.schedule, n_cost, device=device)}
 
 
-def batch_scaling_quality(folder, n, scales=(1.0, 3.0)):
-    """The ``guidance`` rows (DDIM-50, clip_x0, ``n`` class-balanced samples per scale, seed 0) of an mnist-unet
-    retrained at another batch size by ``python -m course_lib.train mnist-unet --batch 512 --out FOLDER``
-    (:func:`train.scale_to_batch`), as ``quality.json["batch_scaling"]``: does the scaled recipe, the one a GPU
-    would want, give the shipped model's quality? Its manifest (recipe, training, time, hardware) comes with the rows."""
+def guidance_rows(pipe, n, scales=(1.0, 3.0)):
+    """``quality.json``'s ``guidance`` rows of a class-conditional pixel model (``pretrained.load``'s result):
+    DDIM-50, clip_x0, ``n`` class-balanced samples per guidance scale, seed 0, each printed as it is measured."""
+    rows = []
+    for s in scales:
+        r = sampler_table(pipe.model, pipe.schedule, n, [("ddim", 50)], image_shape=pipe.image_shape,
+                          null_class=pipe.null_class, s=s, clip_x0=True)[0]
+        print(json.dumps(r))
+        rows.append(r)
+    return rows
+
+
+def batch_scaling_quality(folder, n):
+    """The :func:`guidance_rows` of an mnist-unet retrained at another batch size by
+    ``python -m course_lib.train mnist-unet --batch 512 --out FOLDER`` (:func:`train.scale_to_batch`), as
+    ``quality.json["batch_scaling"]``: does the scaled recipe, the one a GPU would want, give the shipped model's
+    quality? Its manifest (recipe, training, time, hardware) comes with the rows."""
     retrained = pretrained.load("mnist-unet", folder=folder)
     if "--batch" not in retrained.info["recipe"]:
         raise ValueError(f"the mnist-unet in {folder} was trained at the recipe's own batch size "
                          f"({retrained.info['recipe']!r}); the batch_scaling part measures one retrained with "
                          "--batch, e.g. python -m course_lib.train mnist-unet --batch 512 --out FOLDER")
-    rows = []
-    for s in scales:
-        r = sampler_table(retrained.model, retrained.schedule, n, [("ddim", 50)], image_shape=retrained.image_shape,
-                          null_class=retrained.null_class, s=s, clip_x0=True)[0]
-        print(json.dumps(r))
-        rows.append(r)
     keys = ("recipe", "training", "seconds", "hardware", "final_loss", "sha256")
-    return {**{k: retrained.info[k] for k in keys}, "guidance": rows}
+    return {**{k: retrained.info[k] for k in keys}, "guidance": guidance_rows(retrained, n)}
 
 
 def _kept_by_a_full_run(previous, todo):
@@ -923,15 +929,13 @@ def main(argv=None):
         parser.error("--only batch_scaling measures a retrained model: pass --batch-model FOLDER")
     unet = pretrained.load("mnist-unet")
     command = " ".join(["python -m course_lib.metrics", *(sys.argv[1:] if argv is None else argv)])
-    result = {}
-    if not args.only and os.path.exists(args.out):
+    previous = None
+    if os.path.exists(args.out):
         with open(args.out) as f:
-            result = _kept_by_a_full_run(json.load(f), todo)
-    if args.only and os.path.exists(args.out):
-        with open(args.out) as f:
-            result = json.load(f)
-        if result.get("sha256") != unet.info["sha256"]:
-            raise ValueError(f"{args.out} was measured on another mnist-unet (sha256 differs): re-measure all parts")
+            previous = json.load(f)
+    if args.only and previous is not None and previous.get("sha256") != unet.info["sha256"]:
+        raise ValueError(f"{args.out} was measured on another mnist-unet (sha256 differs): re-measure all parts")
+    result = (previous if args.only else _kept_by_a_full_run(previous, todo)) if previous is not None else {}
     threads = torch.get_num_threads()
     hardware = f"CPU ({threads} thread{'s' if threads > 1 else ''})"
     result.update({"model": "mnist-unet", "sha256": unet.info["sha256"]})
@@ -952,8 +956,7 @@ def main(argv=None):
         result["commands"][part] = command
         result["hardware_by_part"][part] = hardware
         if part == "guidance":
-            for s in (1.0, 3.0):
-                measure(part, args.n_guidance, ("ddim", 50), s=s, clip_x0=True)
+            result[part] = guidance_rows(unet, args.n_guidance)
         elif part == "samplers":
             for row in [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100),
                         ("ddpm", 10), ("ddpm", 20), ("ddpm", 50), ("ddpm", 1000)]:
